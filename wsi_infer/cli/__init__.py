@@ -1,0 +1,41 @@
+"""The ``wsi-infer`` command: a thin layer over the library; heavy imports happen in commands.
+
+``wsi-infer SLIDE --out result.zarr`` runs inference (the ``run`` command is the
+default); other commands are named: ``wsi-infer inspect result.zarr``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from wsi_infer import __version__
+from wsi_infer.cli.run import run
+
+__all__ = ["main"]
+
+
+class _DefaultToRun(click.Group):
+    """A group whose first argument, when not a command's name, is a slide for ``run``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "SLIDE --out RESULT.zarr [OPTIONS] | COMMAND ...")
+
+
+@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wsi-infer")
+def main(**_: Any) -> None:
+    """Find, outline and classify every nucleus of a whole-slide image.
+
+    \b
+    wsi-infer SLIDE --out result.zarr     process a slide (see: wsi-infer run --help)
+    """
+
+
+main.add_command(run)

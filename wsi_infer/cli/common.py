@@ -1,0 +1,45 @@
+"""Option decorators and helpers shared by the commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_option(f: F) -> F:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")(f)
+
+
+def overwrite_option(f: F) -> F:
+    return click.option(
+        "--overwrite", is_flag=True, help="Replace an existing output (otherwise it is an error)."
+    )(f)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr, then exit non-zero (no traceback)."""
+    click.echo(f"wsi-infer: error: {message}", err=True)
+    sys.exit(code)
+
+
+def tqdm_progress(quiet: bool) -> Callable[[int, str], Any] | None:
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    def make(total: int, desc: str) -> Any:
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="tile" if desc == "predict" else "band",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+    return make

@@ -1,0 +1,514 @@
+"""The engine: slide in, every nucleus once in a zarr store out.
+
+Two stages, both scheduled with dask:
+
+1. **Predict.**  Tissue tiles (the model's input ``tile`` pixels, of which the
+   central ``tile - overlap`` are kept) are read, batched and run through the
+   backend; the compact maps of each tile's core go into the store's scratch
+   array, one zarr chunk per tile.  Reading runs in parallel with the model,
+   which one lock keeps to one batch at a time.
+2. **Segment and stitch.**  The seamless maps are cut into windows (bands of
+   ``label_chunk`` rows, ``window_cols`` wide) read with a margin on every side.
+   A nucleus belongs to the window whose core holds its centroid, so each one is
+   taken exactly once and whole (nuclei reach at most ``margin`` past a core).
+   Windows of a band are segmented in parallel; the client then numbers the
+   band's nuclei in raster order (deterministic ids 1..n) and paints them into
+   a rolling canvas of ``2 * label_chunk + margin`` rows, written out band by
+   band: memory is bounded by the slide's width, never its area.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from wsi_infer import __version__
+from wsi_infer.backends import Backend
+from wsi_infer.postprocess import PostprocessParams, instance_types, logits_to_maps, segment
+from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
+from wsi_infer.store import ATTR, append_table, build_pyramid, create_store, prepare_output
+from wsi_infer.tiling import TileGrid, windows
+from wsi_infer.tissue import TissueParams, detect_tissue, read_thumbnail
+
+__all__ = ["RunParams", "RunSummary", "run_slide"]
+
+logger = logging.getLogger(__name__)
+
+#: A slide whose mpp is within this fraction of the model's is read at its own grid, unresampled.
+MPP_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """Everything that shapes a run's output (recorded in the store)."""
+
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    mpp: float | None = None
+    workers: int = 2
+    label_chunk: int = 512
+    window_cols: int = 2048
+    margin: int = 96
+    tissue: TissueParams = field(default_factory=TissueParams)
+    post: PostprocessParams = field(default_factory=PostprocessParams)
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 64 or self.tile_size % 32:
+            raise ValueError(
+                f"tile size must be a multiple of 32 and at least 64, got {self.tile_size}"
+            )
+        TileGrid(1, 1, self.tile_size, self.overlap)  # validates overlap
+        if self.batch_size < 1 or self.workers < 1:
+            raise ValueError("batch size and workers must be at least 1")
+        if self.margin < 8 or self.label_chunk < 64 or self.window_cols % self.label_chunk:
+            raise ValueError(
+                "margin >= 8, label_chunk >= 64, window_cols a multiple of label_chunk"
+            )
+
+
+@dataclass
+class RunSummary:
+    store: str
+    nuclei: int
+    tiles: int
+    seconds: float
+    timings: dict[str, float]
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.store}: {self.nuclei} nuclei, {self.tiles} tiles, {self.seconds:.1f} s, "
+            f"{self.tiles_per_second:.2f} tiles/s"
+        )
+
+
+@dataclass
+class WindowNuclei:
+    """Nuclei owned by one window, in raster order of their first pixel."""
+
+    bbox: NDArray[np.int64]  # (n, 4) grid y0 y1 x0 x1
+    masks: list[NDArray[np.bool_]]
+    centroid: NDArray[np.float64]  # (n, 2) grid y x
+    area: NDArray[np.int64]
+    types: NDArray[np.uint8]
+    probs: NDArray[np.float32]
+
+    @classmethod
+    def empty(cls) -> WindowNuclei:
+        return cls(
+            np.zeros((0, 4), np.int64),
+            [],
+            np.zeros((0, 2)),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.uint8),
+            np.zeros(0, np.float32),
+        )
+
+
+ProgressFactory = Callable[[int, str], Any]
+
+
+def _normalise(
+    tiles: NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]
+) -> NDArray[np.float32]:
+    x = tiles.astype(np.float32) / 255.0
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _predict_batch(
+    tiles: list[tuple[int, int]],
+    grid: TileGrid,
+    reader: GridReader,
+    backend: Backend,
+    maps: zarr.Array[Any],
+    lock: threading.Lock,
+) -> int:
+    t = grid.tile
+    imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
+    batch = _normalise(imgs, backend.config.mean, backend.config.std)
+    with lock:
+        logits = backend(batch)
+    out = logits_to_maps(logits)
+    h = grid.halo
+    for k, (i, j) in enumerate(tiles):
+        y0, y1, x0, x1 = grid.core(i, j)
+        maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
+    return len(tiles)
+
+
+def segment_window(
+    maps: zarr.Array[Any] | NDArray[np.uint8],
+    core: tuple[int, int, int, int],
+    margin: int,
+    post: PostprocessParams,
+) -> WindowNuclei:
+    """Segment ``core`` plus ``margin`` of ``maps``; keep the nuclei whose centroid is in ``core``."""
+    from scipy import ndimage as ndi
+
+    height, width = maps.shape[:2]
+    y0, y1, x0, x1 = core
+    wy0, wy1 = max(0, y0 - margin), min(height, y1 + margin)
+    wx0, wx1 = max(0, x0 - margin), min(width, x1 + margin)
+    window = np.asarray(maps[wy0:wy1, wx0:wx1])
+    labels = segment(window, post)
+    n = int(labels.max())
+    if n == 0:
+        return WindowNuclei.empty()
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=n + 1)[1:]
+    yy, xx = np.divmod(np.arange(flat.size), labels.shape[1])
+    cy = np.bincount(flat, weights=yy, minlength=n + 1)[1:] / area + wy0
+    cx = np.bincount(flat, weights=xx, minlength=n + 1)[1:] / area + wx0
+    iy, ix = np.floor(cy), np.floor(cx)
+    owned = np.flatnonzero((iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1))
+    if owned.size == 0:
+        return WindowNuclei.empty()
+    types, probs = instance_types(labels, window, n)
+    objects = ndi.find_objects(labels)
+    bbox = np.zeros((owned.size, 4), np.int64)
+    masks = []
+    for r, k in enumerate(owned):
+        sl = objects[k]
+        assert sl is not None
+        masks.append(labels[sl] == k + 1)
+        bbox[r] = (sl[0].start + wy0, sl[0].stop + wy0, sl[1].start + wx0, sl[1].stop + wx0)
+    return WindowNuclei(
+        bbox, masks, np.stack([cy[owned], cx[owned]], 1), area[owned], types[owned], probs[owned]
+    )
+
+
+class _Canvas:
+    """Rolling label/type buffer over grid rows ``[base, base + rows)``, full width."""
+
+    def __init__(self, width: int, chunk: int, margin: int) -> None:
+        self.chunk = chunk
+        self.rows = 2 * chunk + margin
+        self.base = -chunk
+        self.labels = np.zeros((self.rows, width), np.uint32)
+        self.types = np.zeros((self.rows, width), np.uint8)
+
+    def paint(self, bbox: NDArray[np.int64], mask: NDArray[np.bool_], ident: int, typ: int) -> None:
+        y0, y1, x0, x1 = (int(v) for v in bbox)
+        sub = self.labels[y0 - self.base : y1 - self.base, x0:x1]
+        free = mask & (sub == 0)  # first painted wins: deterministic, as ids follow raster order
+        sub[free] = ident
+        self.types[y0 - self.base : y1 - self.base, x0:x1][free] = typ
+
+    def flush(self, nuclei: Any, types: Any, height: int) -> None:
+        """Write the first ``chunk`` rows (now final) and roll the buffer by ``chunk`` rows."""
+        c = self.chunk
+        y0, y1 = max(self.base, 0), min(self.base + c, height)
+        if y1 > y0:
+            nuclei[y0:y1] = self.labels[y0 - self.base : y1 - self.base]
+            types[y0:y1] = self.types[y0 - self.base : y1 - self.base]
+        self.labels[:-c] = self.labels[c:]
+        self.labels[-c:] = 0
+        self.types[:-c] = self.types[c:]
+        self.types[-c:] = 0
+        self.base += c
+
+
+class _DaskProgress:
+    """A dask callback that advances a progress bar as tasks of one prefix finish."""
+
+    def __init__(self, bar: Any, prefix: str, weight: Callable[[Any], int]) -> None:
+        from dask.callbacks import Callback
+
+        outer = self
+
+        class _Cb(Callback):
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+                name = key[0] if isinstance(key, tuple) else key
+                if str(name).startswith(outer.prefix):
+                    outer.bar.update(outer.weight(result))
+
+        self.bar, self.prefix, self.weight = bar, prefix, weight
+        self.callback = _Cb()
+
+
+def _scale_for(slide_mpp: float, model_mpp: float) -> float:
+    scale = model_mpp / slide_mpp
+    return 1.0 if abs(scale - 1.0) <= MPP_TOLERANCE else scale
+
+
+def _slide_record(slide: Slide, slide_mpp: float, mpp_source: str) -> dict[str, Any]:
+    stat = slide.path.stat()
+    return {
+        "path": str(slide.path.resolve()),
+        "name": slide.path.name,
+        "size_bytes": stat.st_size,
+        "reader": slide.backend,
+        "vendor": slide.properties.get("openslide.vendor", slide.backend),
+        "dimensions": list(slide.dimensions),
+        "levels": len(slide.level_dimensions),
+        "mpp": slide_mpp,
+        "mpp_source": mpp_source,
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_slide(
+    slide_path: str | Path,
+    out: str | Path,
+    backend: Backend,
+    params: RunParams = RunParams(),
+    *,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """Process one slide into the store ``out``; see the module docstring.
+
+    ``progress(total, description)`` may return a tqdm-like bar (``update``,
+    ``close``).  Raises :class:`~wsi_infer.errors.WsiInferError` subclasses for
+    bad input; a run that fails midway leaves its store marked ``failed``.
+    """
+    import dask
+
+    started, t0 = _now(), time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    slide = open_slide(slide_path)
+    try:
+        slide_mpp = resolve_mpp(slide, params.mpp)
+        cfg = backend.config
+        scale = _scale_for(slide_mpp, cfg.mpp)
+        reader = GridReader(slide, scale)
+        run_mpp = slide_mpp * scale
+        grid = TileGrid(reader.height, reader.width, params.tile_size, params.overlap)
+
+        t = time.perf_counter()
+        # Tissue: at least 64 px on the short side, never finer than the slide itself.
+        w0, h0 = slide.dimensions
+        tissue_mpp = max(min(params.tissue.mpp, min(w0, h0) * slide_mpp / 64), slide_mpp)
+        thumb = read_thumbnail(slide, slide_mpp, tissue_mpp)
+        tissue = detect_tissue(thumb, tissue_mpp, params.tissue)
+        tiles = grid.select(tissue)
+        timings["tissue_s"] = time.perf_counter() - t
+
+        prepare_output(out, overwrite)
+        attrs = {
+            "software": {"name": "wsi-infer", "version": __version__},
+            "model": {
+                **cfg.to_dict(),
+                "sha256": backend.model_sha256,
+                "source": backend.model_source,
+            },
+            "backend": {"name": backend.name, "device": backend.device},
+            "parameters": dataclasses.asdict(params),
+            "slide": _slide_record(slide, slide_mpp, "metadata" if params.mpp is None else "--mpp"),
+            "run_mpp": run_mpp,
+            "grid_shape": [reader.height, reader.width],
+            "grid_to_level0": scale,
+            "tissue": {"mpp": tissue_mpp, "fraction": float(tissue.mean()) if tissue.size else 0.0},
+            "tiles": len(tiles),
+            "started": started,
+        }
+        root = create_store(
+            out,
+            grid_shape=(reader.height, reader.width),
+            chunk=params.label_chunk,
+            map_chunk=grid.stride,
+            tissue=tissue,
+            tissue_mpp=tissue_mpp,
+            run_mpp=run_mpp,
+            class_names=cfg.class_names,
+            class_colours=cfg.class_colours,
+            attrs=attrs,
+        )
+        try:
+            nuclei = _run_stages(
+                root, grid, reader, backend, params, tiles, scale, run_mpp, timings, progress, dask
+            )
+        except BaseException as exc:
+            info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
+            root.attrs[ATTR] = {**info, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            raise
+    finally:
+        slide.close()
+
+    seconds = time.perf_counter() - t0
+    info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
+    info.update(nuclei=nuclei, finished=_now(), seconds=seconds, timings=timings, status="complete")
+    root.attrs[ATTR] = info  # the last write: only now is the store complete
+    return RunSummary(str(out), nuclei, len(tiles), seconds, timings)
+
+
+def _run_stages(
+    root: zarr.Group,
+    grid: TileGrid,
+    reader: GridReader,
+    backend: Backend,
+    params: RunParams,
+    tiles: list[tuple[int, int]],
+    scale: float,
+    run_mpp: float,
+    timings: dict[str, float],
+    progress: ProgressFactory | None,
+    dask: Any,
+) -> int:
+    from dask.delayed import delayed
+
+    maps = root["_scratch/maps"]
+    nuclei_arr = root["labels/nuclei/0"]
+    types_arr = root["labels/types/0"]
+    assert isinstance(maps, zarr.Array) and isinstance(nuclei_arr, zarr.Array)
+    assert isinstance(types_arr, zarr.Array)
+
+    # Stage 1: predict.
+    t = time.perf_counter()
+    lock = threading.Lock()
+    bs = params.batch_size
+    tasks = [
+        delayed(_predict_batch, pure=False)(
+            tiles[k : k + bs], grid, reader, backend, maps, lock, dask_key_name=f"predict-{k}"
+        )
+        for k in range(0, len(tiles), bs)
+    ]
+    bar = progress(len(tiles), "predict") if progress else None
+    try:
+        if tasks:
+            if bar is not None:
+                with _DaskProgress(bar, "predict-", int).callback:
+                    dask.compute(*tasks, scheduler="threads", num_workers=params.workers)
+            else:
+                dask.compute(*tasks, scheduler="threads", num_workers=params.workers)
+    finally:
+        if bar is not None:
+            bar.close()
+    timings["predict_s"] = time.perf_counter() - t
+
+    # Stage 2: segment windows band by band, number and paint in raster order.
+    t = time.perf_counter()
+    n_bands = math.ceil(grid.height / params.label_chunk)
+    bar = progress(n_bands, "segment") if progress else None
+    try:
+        nuclei = stitch(
+            maps,
+            nuclei_arr,
+            types_arr,
+            params,
+            scale=scale,
+            run_mpp=run_mpp,
+            on_band=lambda rows: _after_band(root, rows, bar),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    timings["segment_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    min_size = params.label_chunk
+    labels_group = root["labels"]
+    assert isinstance(labels_group, zarr.Group)
+    for name in ("nuclei", "types"):
+        g = labels_group[name]
+        assert isinstance(g, zarr.Group)
+        build_pyramid(g, name, run_mpp, min_size)
+    del root["_scratch"]
+    timings["write_s"] = time.perf_counter() - t
+    return nuclei
+
+
+def _after_band(root: zarr.Group, rows: dict[str, NDArray[Any]], bar: Any) -> None:
+    append_table(root, rows)
+    if bar is not None:
+        bar.update(1)
+
+
+def stitch(
+    maps: zarr.Array[Any] | NDArray[np.uint8],
+    nuclei_out: zarr.Array[Any] | NDArray[np.uint32],
+    types_out: zarr.Array[Any] | NDArray[np.uint8],
+    params: RunParams,
+    *,
+    scale: float = 1.0,
+    run_mpp: float = 1.0,
+    on_band: Callable[[dict[str, NDArray[Any]]], None] | None = None,
+) -> int:
+    """Segment seamless ``maps`` window by window into ``nuclei_out``/``types_out``.
+
+    Each nucleus is taken once, by the window holding its centroid, numbered in
+    raster order of windows and of its first pixel; ``on_band`` receives each
+    band's table rows.  Returns the number of nuclei.
+    """
+    from dask.base import compute
+    from dask.delayed import delayed
+
+    height, width = maps.shape[:2]
+    chunk = params.label_chunk
+    canvas = _Canvas(width, chunk, params.margin)
+    next_id = 1
+    for _, cores in windows(height, width, chunk, params.window_cols):
+        parts = compute(
+            *[delayed(segment_window)(maps, c, params.margin, params.post) for c in cores],
+            scheduler="threads",
+            num_workers=params.workers,
+        )
+        rows = _paint_band(canvas, parts, next_id, scale, run_mpp)
+        if on_band is not None:
+            on_band(rows)
+        next_id += len(rows["id"])
+        canvas.flush(nuclei_out, types_out, height)
+    canvas.flush(nuclei_out, types_out, height)  # the last band's rows
+    return next_id - 1
+
+
+def _paint_band(
+    canvas: _Canvas, parts: tuple[WindowNuclei, ...], first_id: int, scale: float, run_mpp: float
+) -> dict[str, NDArray[Any]]:
+    ident = first_id
+    for part in parts:
+        for k in range(len(part.masks)):
+            canvas.paint(part.bbox[k], part.masks[k], ident, int(part.types[k]))
+            ident += 1
+    n = ident - first_id
+    if n == 0:
+        return {"id": np.zeros(0, np.uint32)}
+    bbox = np.concatenate([p.bbox for p in parts])
+    cen = np.concatenate([p.centroid for p in parts])
+    # grid pixel centres -> level-0 pixel coordinates
+    cx = (cen[:, 1] + 0.5) * scale - 0.5
+    cy = (cen[:, 0] + 0.5) * scale - 0.5
+    return {
+        "id": np.arange(first_id, first_id + n, dtype=np.uint32),
+        "centroid": np.stack([cx, cy], 1).astype(np.float32),
+        "bbox": np.stack(
+            [
+                np.floor(bbox[:, 2] * scale),
+                np.floor(bbox[:, 0] * scale),
+                np.ceil(bbox[:, 3] * scale),
+                np.ceil(bbox[:, 1] * scale),
+            ],
+            1,
+        ).astype(np.int32),
+        "area_um2": (np.concatenate([p.area for p in parts]) * run_mpp**2).astype(np.float32),
+        "type": np.concatenate([p.types for p in parts]),
+        "type_prob": np.concatenate([p.probs for p in parts]),
+    }
+
+
+def default_workers() -> int:
+    """Threads for reading and post-processing: one per core, at least 2 so reads overlap the model."""
+    return max(2, min(8, os.cpu_count() or 2))

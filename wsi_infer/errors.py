@@ -1,0 +1,56 @@
+"""Every error wsi-infer raises on purpose.
+
+One base class, :class:`WsiInferError`; each subclass also inherits the builtin
+exception it means, so callers may catch either.  Messages are one line, name
+the file concerned and say how to fix the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "CheckpointError",
+    "IncompleteStoreError",
+    "MissingMppError",
+    "OutputExistsError",
+    "SlideNotFoundError",
+    "SlideReadError",
+    "UnsupportedSlideError",
+    "WsiInferError",
+]
+
+
+class WsiInferError(Exception):
+    """Base class of the errors wsi-infer raises on purpose."""
+
+
+class SlideNotFoundError(WsiInferError, FileNotFoundError):
+    """The slide path does not exist or is not a file."""
+
+
+class UnsupportedSlideError(WsiInferError, ValueError):
+    """Neither openslide nor tifffile can open the file as a slide."""
+
+
+class SlideReadError(WsiInferError, OSError):
+    """The slide opened, but reading its pixels failed (a corrupt file)."""
+
+
+class MissingMppError(WsiInferError, ValueError):
+    """The slide has no resolution in its metadata and none was given."""
+
+
+class OutputExistsError(WsiInferError, FileExistsError):
+    """The output exists and overwriting was not asked for."""
+
+
+class IncompleteStoreError(WsiInferError, ValueError):
+    """A result store is missing, partial or not a wsi-infer store."""
+
+
+class CheckpointError(WsiInferError, ValueError):
+    """A model checkpoint is missing, malformed or inconsistent."""
+
+
+class BackendUnavailableError(WsiInferError, ImportError):
+    """An inference backend's package or hardware is missing."""

@@ -1,0 +1,194 @@
+"""The nucleus model: a SegFormer (Mix-Transformer) encoder with a full-resolution decoder.
+
+SegFormer's own all-MLP head predicts at 1/4 of the input, too coarse to
+separate touching nuclei.  We keep its multi-scale fusion at 1/4 and add a
+light upsampling path with skip features from a small convolutional stem at
+1/1 and 1/2, ending in three heads at full resolution:
+
+* ``foreground``: one logit, nucleus vs. background;
+* ``distance``: each nucleus' distance transform normalised to [0, 1]
+  (1 at its centre), which separates touching nuclei by marker-controlled
+  watershed;
+* ``type``: background + one logit per nucleus class.
+
+The encoder is built from a config: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsi_infer.config import ARCHITECTURES, ModelConfig
+from wsi_infer.errors import CheckpointError
+
+__all__ = [
+    "BUNDLED_MODELS",
+    "LoadedModel",
+    "NucleusSegFormer",
+    "load_model",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+#: Models shipped inside the package, by name.
+BUNDLED_MODELS = ("default",)
+
+
+def _conv_bn_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+    )
+
+
+class NucleusSegFormer(nn.Module):
+    """SegFormer encoder, MLP fusion at 1/4, convolutional upsampling to 1/1.
+
+    Input: float tensor ``(B, 3, H, W)``, already normalised, ``H`` and ``W``
+    multiples of 32.  Output: ``(B, config.out_channels, H, W)`` raw logits
+    (the distance channel is a logit too; apply a sigmoid).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        from transformers import SegformerConfig, SegformerModel
+
+        self.config = config
+        arch = ARCHITECTURES[config.arch]
+        enc_cfg = SegformerConfig(
+            depths=arch["depths"],
+            hidden_sizes=arch["hidden_sizes"],
+            decoder_hidden_size=arch["decoder_hidden_size"],
+            drop_path_rate=0.1,
+        )
+        self.encoder = SegformerModel(enc_cfg)
+        d = int(arch["decoder_hidden_size"])
+        self.proj = nn.ModuleList(nn.Conv2d(c, d, 1) for c in arch["hidden_sizes"])
+        self.fuse = nn.Sequential(nn.Conv2d(4 * d, d, 1, bias=False), nn.BatchNorm2d(d), nn.GELU())
+        s = config.stem_channels
+        self.stem1 = _conv_bn_act(3, s)  # 1/1
+        self.stem2 = _conv_bn_act(s, 2 * s, stride=2)  # 1/2
+        self.up2 = _conv_bn_act(d + 2 * s, 2 * s)  # at 1/2
+        self.up1 = _conv_bn_act(2 * s + s, s)  # at 1/1
+        self.head = nn.Conv2d(s, config.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        feats = self.encoder(x, output_hidden_states=True).hidden_states
+        q = feats[0].shape[-2:]  # 1/4
+        fused = torch.cat(
+            [
+                F.interpolate(p(f), size=q, mode="bilinear", align_corners=False)
+                for p, f in zip(self.proj, feats, strict=True)
+            ],
+            dim=1,
+        )
+        y = self.fuse(fused)
+        s1 = self.stem1(x)
+        s2 = self.stem2(s1)
+        y = F.interpolate(y, size=s2.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.up2(torch.cat([y, s2], dim=1))
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        y = self.up1(torch.cat([y, s1], dim=1))
+        out: torch.Tensor = self.head(y)
+        return out
+
+
+class LoadedModel:
+    """A model with its config and the identity of its checkpoint."""
+
+    def __init__(self, module: NucleusSegFormer, config: ModelConfig, sha256: str, source: str):
+        self.module = module
+        self.config = config
+        self.sha256 = sha256
+        self.source = source
+
+
+def _bundled_dir(name: str) -> Path:
+    return Path(str(resources.files("wsi_infer") / "models" / name))
+
+
+def resolve_checkpoint(model: str | Path) -> Path:
+    """Turn a bundled model's name or a path into a checkpoint directory."""
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        path = _bundled_dir(model)
+    else:
+        path = Path(model)
+        if path.is_file() and path.name in (WEIGHTS_FILE, CONFIG_FILE):
+            path = path.parent
+    if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{path}: not a model checkpoint (needs {WEIGHTS_FILE} and {CONFIG_FILE}); "
+            f"pass a checkpoint directory or one of {list(BUNDLED_MODELS)}"
+        )
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(model: str | Path = "default") -> LoadedModel:
+    """Load a checkpoint (directory, or a bundled model's name) in eval mode on the CPU."""
+    from safetensors.torch import load_file
+
+    path = resolve_checkpoint(model)
+    config = ModelConfig.from_json(path / CONFIG_FILE)
+    module = NucleusSegFormer(config)
+    try:
+        state = load_file(str(path / WEIGHTS_FILE))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read weights ({exc})") from exc
+    state = {k: v.float() for k, v in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match config (missing {len(missing)}, "
+            f"unexpected {len(unexpected)}, e.g. {(missing + unexpected)[:3]})"
+        )
+    module.eval()
+    return LoadedModel(module, config, file_sha256(path / WEIGHTS_FILE), str(path))
+
+
+def save_checkpoint(
+    module: NucleusSegFormer,
+    out_dir: str | Path,
+    *,
+    half: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``out_dir``.
+
+    ``half`` stores weights as float16 (half the size; they are loaded back as
+    float32).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+    }
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata=metadata or {})
+    tmp.replace(out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
+    return out

@@ -1,0 +1,270 @@
+"""Reading slides: openslide for what it reads, tifffile for plain and OME-TIFF.
+
+:func:`open_slide` gives a :class:`Slide`; :class:`GridReader` reads RGB regions
+of it on another pixel grid (the model's resolution), from the best pyramid
+level, resampling where no level matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from wsi_infer.errors import (
+    MissingMppError,
+    SlideNotFoundError,
+    SlideReadError,
+    UnsupportedSlideError,
+)
+
+__all__ = ["GridReader", "Slide", "open_slide"]
+
+logger = logging.getLogger(__name__)
+
+_WHITE = 255
+
+
+class Slide:
+    """A slide: its pyramid geometry, resolution and a region reader.
+
+    ``level_dimensions`` are ``(width, height)`` per level, level 0 first;
+    ``mpp`` is micrometres per level-0 pixel, or ``None`` when the file does not
+    say.  :meth:`read_region` returns ``uint8`` RGB ``(h, w, 3)`` with
+    everything outside the slide white.
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.level_dimensions: list[tuple[int, int]] = []
+        self.level_downsamples: list[float] = []
+        self.mpp: float | None = None
+        self.properties: dict[str, str] = {}
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    def read_region(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
+        """Read ``w x h`` pixels of ``level`` whose top-left is ``(x, y)`` in level pixels."""
+        try:
+            return self._read(x, y, level, w, h)
+        except SlideReadError:
+            raise
+        except Exception as exc:  # codec errors come as many types
+            raise SlideReadError(
+                f"{self.path}: cannot read pixels at level {level} ({x}, {y}, {w}x{h}): {exc}; "
+                "the file is probably corrupt or truncated"
+            ) from exc
+
+    def _read(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file."""
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OpenSlideSlide(Slide):
+    backend = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        super().__init__(path)
+        self._osr = openslide.OpenSlide(str(path))
+        self.level_dimensions = [tuple(d) for d in self._osr.level_dimensions]  # type: ignore[misc]
+        self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
+        self.properties = dict(self._osr.properties)
+        mpp = self.properties.get("openslide.mpp-x")
+        try:
+            self.mpp = float(mpp) if mpp else None
+        except ValueError:
+            self.mpp = None
+        if self.mpp is not None and not (self.mpp > 0 and math.isfinite(self.mpp)):
+            self.mpp = None
+
+    def _read(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
+        d = self.level_downsamples[level]
+        img = self._osr.read_region((round(x * d), round(y * d)), level, (w, h))
+        rgba = np.asarray(img)
+        rgb = rgba[..., :3].astype(np.uint16)
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        # openslide gives premultiplied-alpha-free RGBA with transparent areas outside: paint them white
+        out = (rgb * alpha + _WHITE * (255 - alpha) + 127) // 255
+        return out.astype(np.uint8)
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+def _tiff_mpp(tif: Any) -> float | None:
+    if tif.is_ome and tif.ome_metadata:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        if m:
+            value = float(m.group(1))
+            factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(
+                unit.group(1) if unit else "µm"
+            )
+            if factor is not None and value > 0:
+                return value * factor
+    page = tif.pages[0]
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        res_unit = int(tags["ResolutionUnit"].value)
+        if num and den:
+            per_unit = num / den
+            micrometres = {2: 25400.0, 3: 10000.0}.get(res_unit)
+            if micrometres and per_unit > 1:
+                return micrometres / per_unit
+    return None
+
+
+class TiffSlide(Slide):
+    """Plain or OME-TIFF read through tifffile's zarr view (chunked, never whole)."""
+
+    backend = "tifffile"
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+        import zarr
+
+        super().__init__(path)
+        self._tif = tifffile.TiffFile(str(path))
+        series = self._tif.series[0]
+        self._levels = []
+        for i, lvl in enumerate(series.levels):
+            axes = lvl.axes
+            if axes not in ("YXS", "YX"):
+                raise UnsupportedSlideError(
+                    f"{path}: TIFF series axes {axes!r} are not a 2-D RGB image"
+                )
+            arr = zarr.open_array(series.aszarr(level=i), mode="r")
+            self._levels.append((arr, axes))
+            self.level_dimensions.append((int(lvl.shape[1]), int(lvl.shape[0])))
+        w0 = self.level_dimensions[0][0]
+        self.level_downsamples = [w0 / d[0] for d in self.level_dimensions]
+        self.mpp = _tiff_mpp(self._tif)
+        self._lock = threading.Lock()
+
+    def _read(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
+        arr, axes = self._levels[level]
+        W, H = self.level_dimensions[level]
+        out = np.full((h, w, 3), _WHITE, dtype=np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            with self._lock:
+                block = np.asarray(arr[y0:y1, x0:x1])
+            if axes == "YX":
+                block = np.repeat(block[..., None], 3, axis=2)
+            if block.dtype != np.uint8:
+                block = np.clip(block, 0, 255).astype(np.uint8)
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = block[..., :3]
+        return out
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def open_slide(path: str | Path) -> Slide:
+    """Open a slide with openslide, or tifffile for TIFFs openslide refuses.
+
+    Raises :class:`SlideNotFoundError` or :class:`UnsupportedSlideError` with
+    a one-line message naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise SlideNotFoundError(f"{path}: is a directory, not a slide file")
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise SlideReadError(f"{path}: cannot open for reading ({exc.strerror or exc})") from exc
+    import openslide
+
+    try:
+        return OpenSlideSlide(path)
+    except openslide.OpenSlideError as exc:
+        first_error = str(exc) or type(exc).__name__
+    try:
+        return TiffSlide(path)
+    except UnsupportedSlideError:
+        raise
+    except Exception as exc:
+        raise UnsupportedSlideError(
+            f"{path}: not a slide openslide or tifffile can read "
+            f"(openslide: {first_error}; tifffile: {exc})"
+        ) from exc
+
+
+class GridReader:
+    """Reads RGB regions of a slide on a pixel grid ``scale`` level-0 pixels wide.
+
+    ``scale`` = (grid mpp) / (slide mpp); ``scale == 1`` reads level 0 as is.
+    The grid's shape is the slide's level-0 shape divided by ``scale``,
+    rounded.  Regions come from the coarsest level still at least as fine as
+    the grid, resampled bilinearly (box filter when shrinking) where needed.
+    """
+
+    def __init__(self, slide: Slide, scale: float) -> None:
+        if scale <= 0:
+            raise ValueError("scale must be positive")
+        self.slide = slide
+        self.scale = scale
+        w0, h0 = slide.dimensions
+        self.width = max(1, round(w0 / scale))
+        self.height = max(1, round(h0 / scale))
+        tol = 1e-3
+        candidates = [i for i, d in enumerate(slide.level_downsamples) if d <= scale * (1 + tol)]
+        self.level = max(candidates, key=lambda i: slide.level_downsamples[i]) if candidates else 0
+        # grid pixel -> level pixel
+        self.factor = scale / slide.level_downsamples[self.level]
+        self.exact = abs(self.factor - 1.0) < tol
+
+    def read(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
+        """RGB ``(h, w, 3)`` of grid pixels ``[x, x + w) x [y, y + h)``; white outside the slide."""
+        if self.exact:
+            return self.slide.read_region(x, y, self.level, w, h)
+        from PIL import Image
+
+        f = self.factor
+        lx0, ly0 = x * f, y * f
+        lx1, ly1 = (x + w) * f, (y + h) * f
+        ix0, iy0 = math.floor(lx0) - 1, math.floor(ly0) - 1
+        ix1, iy1 = math.ceil(lx1) + 1, math.ceil(ly1) + 1
+        src = self.slide.read_region(ix0, iy0, self.level, ix1 - ix0, iy1 - iy0)
+        img = Image.fromarray(src)
+        box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
+        resample = Image.Resampling.BILINEAR if f < 1 else Image.Resampling.BOX
+        return np.asarray(img.resize((w, h), resample=resample, box=box))
+
+
+def resolve_mpp(slide: Slide, mpp: float | None) -> float:
+    """The slide's mpp: ``mpp`` if given, else its metadata, else a one-line error."""
+    if mpp is not None:
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise MissingMppError(f"{slide.path}: --mpp must be a positive number, got {mpp}")
+        return float(mpp)
+    if slide.mpp is None:
+        raise MissingMppError(
+            f"{slide.path}: the slide's metadata gives no resolution; pass --mpp "
+            "(micrometres per pixel, e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+        )
+    return slide.mpp
