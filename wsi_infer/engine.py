@@ -10,7 +10,8 @@ Two stages, both scheduled with dask:
 2. **Segment and stitch.**  The seamless maps are cut into windows (bands of
    ``label_chunk`` rows, ``window_cols`` wide) read with a margin on every side.
    A nucleus belongs to the window whose core holds its centroid, so each one is
-   taken exactly once and whole (nuclei reach at most ``margin`` past a core).
+   taken exactly once and whole; objects wider than ``margin`` are no nuclei and
+   are dropped, so whatever is kept was seen whole.
    Windows of a band are segmented in parallel; the client then numbers the
    band's nuclei in raster order (deterministic ids 1..n) and paints them into
    a rolling canvas of ``2 * label_chunk + margin`` rows, written out band by
@@ -179,11 +180,19 @@ def segment_window(
     cy = np.bincount(flat, weights=yy, minlength=n + 1)[1:] / area + wy0
     cx = np.bincount(flat, weights=xx, minlength=n + 1)[1:] / area + wx0
     iy, ix = np.floor(cy), np.floor(cx)
-    owned = np.flatnonzero((iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1))
+    objects = ndi.find_objects(labels)
+    extent = np.array(
+        [
+            max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+            for sl in objects
+            if sl is not None
+        ]
+    )
+    # An object wider than the margin is no nucleus (and could not be seen whole): drop it.
+    owned = np.flatnonzero((iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1) & (extent <= margin))
     if owned.size == 0:
         return WindowNuclei.empty()
     types, probs = instance_types(labels, window, n)
-    objects = ndi.find_objects(labels)
     bbox = np.zeros((owned.size, 4), np.int64)
     masks = []
     for r, k in enumerate(owned):

@@ -73,15 +73,33 @@ def segment(
 
     Labels are numbered 1..n in raster order of each instance's first pixel.
     """
-    from skimage.measure import label as cc_label
-    from skimage.segmentation import watershed
-
     fg = maps[..., 0] > round(params.foreground_threshold * 255)
     if not fg.any():
         return np.zeros(fg.shape, dtype=np.int32)
     dist = maps[..., 1]
-    markers = cc_label(fg & (dist > round(params.marker_threshold * 255)), connectivity=1)
-    labels = watershed(255 - dist, markers=markers, mask=fg).astype(np.int32)
+    # Markers: the cores of nuclei.  Every foreground pixel joins the nearest marker of its
+    # own foreground component.  Unlike flooding, whose ties depend on the order pixels are
+    # visited, this depends only on the pixel's neighbourhood, so a nucleus comes out the
+    # same in every window that holds it whole.
+    markers, n_markers = ndi.label(fg & (dist > round(params.marker_threshold * 255)))
+    labels = np.zeros(fg.shape, dtype=np.int32)
+    if n_markers:
+        comps, _ = ndi.label(fg)
+        marker_comp = np.zeros(n_markers + 1, dtype=comps.dtype)
+        marker_comp[markers[markers > 0]] = comps[markers > 0]
+        labels = markers.astype(np.int32)
+        # A pixel whose nearest seed lies in another component waits for seeds of its own
+        # component to grow closer: a few rounds settle all but pathological shapes.
+        for _ in range(6):
+            todo = fg & (labels == 0)
+            if not todo.any():
+                break
+            _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
+            nearest = labels[iy, ix]
+            ok = todo & (marker_comp[nearest] == comps)
+            if not ok.any():
+                break
+            labels[ok] = nearest[ok]
     # Foreground without a marker: each connected piece is an instance of its own.
     rest = fg & (labels == 0)
     if rest.any():

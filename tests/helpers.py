@@ -1,0 +1,25 @@
+"""Comparison helpers for label images (shared by tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def match_instances(a: NDArray[np.integer], b: NDArray[np.integer]) -> tuple[int, int, int]:
+    """Pairs of instances of ``a`` and ``b`` with IoU > 0.5 (unique by construction).
+
+    Returns ``(matched, instances in a, instances in b)``.
+    """
+    a = a.astype(np.int64).ravel()
+    b = b.astype(np.int64).ravel()
+    both = (a > 0) & (b > 0)
+    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    area_a = np.bincount(a)
+    area_b = np.bincount(b)
+    union = area_a[pairs[0]] + area_b[pairs[1]] - inter
+    iou = inter / union
+    good = pairs[:, iou > 0.5]
+    # IoU > 0.5 pairs are one-to-one: no instance appears twice
+    assert len(np.unique(good[0])) == good.shape[1] == len(np.unique(good[1]))
+    return good.shape[1], int((area_a[1:] > 0).sum()), int((area_b[1:] > 0).sum())

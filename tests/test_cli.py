@@ -1,0 +1,103 @@
+"""The command line as a user meets it: exit codes, one-line errors, no clobbering."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from wsi_infer import __version__
+from wsi_infer.cli import main
+
+
+def invoke(*args: str | Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_version_and_help() -> None:
+    code, out, _ = invoke("--version")
+    assert code == 0 and __version__ in out
+    code, out, _ = invoke("run", "--help")
+    assert code == 0 and "--overwrite" in out and "--tile-size" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("bad/unreadable.svs", "Bogus marker"),
+        ("bad/unopenable.tiff", "52479"),
+        ("bad/not-a-tiff.svs", "not a slide"),
+        ("bad/missing.svs", "no such file"),
+        ("bad", "directory"),
+        ("slides/tcga-cr-7395-01a-01-ts1.svs", "--mpp"),
+    ],
+)
+def test_bad_input_one_line_error_no_store(
+    shared: Path, tiny_model: Path, tmp_path: Path, name: str, cause: str
+) -> None:
+    out = tmp_path / "r.zarr"
+    code, stdout, stderr = invoke(shared / name, "--out", out, "--model", tiny_model, "-q")
+    assert code != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and str(shared / name) in lines[0] and cause in lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_existing_output_is_never_silently_overwritten(
+    shared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.zarr"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    slide = shared / "edge/small.svs"
+    code, _, stderr = invoke(slide, "--out", out, "--model", tiny_model, "--mpp", "1", "-q")
+    assert code != 0 and "--overwrite" in stderr and (out / "keep.txt").read_text() == "mine"
+    code, stdout, _ = invoke(
+        slide, "--out", out, "--model", tiny_model, "--mpp", "1", "--overwrite", "--tile-size", "256"
+    )
+    assert code == 0 and "nuclei" in stdout and "tiles/s" in stdout
+    assert not (out / "keep.txt").exists()
+    assert zarr.open_group(str(out), mode="r").attrs["wsi_infer"]["status"] == "complete"
+
+
+def test_mutually_exclusive_tissue_options_are_a_usage_error(shared: Path, tmp_path: Path) -> None:
+    code, _, stderr = invoke(
+        shared / "edge/small.svs", "--out", tmp_path / "r.zarr",
+        "--no-tissue-mask", "--tissue-threshold", "0.1",
+    )
+    assert code == 2 and "mutually exclusive" in stderr
+
+
+def test_invalid_tile_geometry_is_a_usage_error(shared: Path, tmp_path: Path) -> None:
+    code, _, stderr = invoke(
+        shared / "edge/small.svs", "--out", tmp_path / "r.zarr", "--tile-size", "100"
+    )
+    assert code == 2 and "multiple of 32" in stderr
+
+
+def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """The installed entry point, in its own process, as a user runs it."""
+    out = tmp_path / "tma.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsi_infer", str(shared / "slides/he-tma-core-0.5mpp.ome.tif"),
+         "--out", str(out), "--model", str(tiny_model), "--tile-size", "256"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("tiles/s")
+    assert zarr.open_group(str(out), mode="r").attrs["wsi_infer"]["status"] == "complete"
+    bad = subprocess.run(
+        [sys.executable, "-m", "wsi_infer", str(shared / "bad/unreadable.svs"), "--out",
+         str(tmp_path / "bad.zarr"), "--model", str(tiny_model)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

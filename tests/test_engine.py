@@ -1,0 +1,155 @@
+"""The engine end to end on real and synthetic slides, with real zarr stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from helpers import match_instances
+from wsi_infer.backends import create_backend
+from wsi_infer.engine import RunParams, run_slide
+from wsi_infer.store import TABLE_COLUMNS, read_table
+from wsi_infer.tissue import TissueParams
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path):  # type: ignore[no-untyped-def]
+    return create_backend("torch", tiny_model)
+
+
+@pytest.fixture(scope="module")
+def cmu_store(tiny, shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("cmu") / "r.zarr"
+    run_slide(shared / "slides/CMU-1-Small-Region.svs", out, tiny, RunParams(tile_size=256))
+    return out
+
+
+def test_store_layout_contract(cmu_store: Path, tiny_model: Path) -> None:
+    root = zarr.open_group(str(cmu_store), mode="r")
+    info = root.attrs["wsi_infer"]
+    assert info["status"] == "complete"
+    # 0.499 mpp slide, 1.0 mpp model: the grid is the slide scaled by 0.499
+    assert info["grid_to_level0"] == pytest.approx(1.0 / 0.499)
+    h, w = info["grid_shape"]
+    assert (h, w) == (round(2967 * 0.499), round(2220 * 0.499))
+    nuclei, types = root["labels/nuclei/0"], root["labels/types/0"]
+    assert nuclei.shape == types.shape == (h, w)
+    assert nuclei.dtype == np.uint32 and types.dtype == np.uint8
+    assert root["labels/nuclei/1"].shape == ((h + 1) // 2, (w + 1) // 2)
+    ms = root["labels/nuclei"].attrs["ome"]["multiscales"][0]
+    assert [d["path"] for d in ms["datasets"]] == [str(k) for k in range(len(ms["datasets"]))]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [info["run_mpp"]] * 2
+    assert root["labels"].attrs["ome"]["labels"] == ["nuclei", "types", "tissue"]
+    assert "_scratch" not in root
+    for col, (dtype, ncols) in TABLE_COLUMNS.items():
+        arr = root[f"tables/nuclei/{col}"]
+        assert arr.dtype == np.dtype(dtype)
+        assert arr.shape[1:] == (() if ncols is None else (ncols,))
+    for key in ("software", "model", "parameters", "slide", "run_mpp", "started", "finished"):
+        assert key in info
+    assert info["model"]["sha256"] and info["slide"]["mpp"] == pytest.approx(0.499)
+    assert info["nuclei"] == root["tables/nuclei/id"].shape[0]
+
+
+def test_table_agrees_with_label_image(cmu_store: Path) -> None:
+    root = zarr.open_group(str(cmu_store), mode="r")
+    labels = root["labels/nuclei/0"][:]
+    types = root["labels/types/0"][:]
+    table = read_table(cmu_store)
+    n = len(table)
+    assert n > 0
+    assert table["id"].tolist() == list(range(1, n + 1))
+    present = np.unique(labels[labels > 0])
+    assert set(present.tolist()) <= set(table["id"].tolist())
+    # every id is painted (a pixel or more; painting loses pixels only to seam conflicts)
+    assert len(present) >= 0.99 * n
+    info = root.attrs["wsi_infer"]
+    s, mpp = info["grid_to_level0"], info["run_mpp"]
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    np.testing.assert_allclose(table["area_um2"], area * mpp**2, rtol=0.05)
+    for row in table.itertuples():
+        ys, xs = np.nonzero(labels == row.id)
+        assert row.bbox_x0 <= xs.min() * s + 1 and (xs.max() + 1) * s <= row.bbox_x1 + 1
+        assert row.bbox_x0 <= row.centroid_x <= row.bbox_x1
+        assert row.bbox_y0 <= row.centroid_y <= row.bbox_y1
+        assert (types[ys, xs] == row.type).all()
+
+
+def test_runs_are_deterministic(tiny, shared: Path, cmu_store: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    again = tmp_path / "again.zarr"
+    run_slide(shared / "slides/CMU-1-Small-Region.svs", again, tiny, RunParams(tile_size=256))
+    a, b = zarr.open_group(str(cmu_store), mode="r"), zarr.open_group(str(again), mode="r")
+    for name in ("labels/nuclei/0", "labels/nuclei/1", "labels/types/0", "labels/tissue/0"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    for col in TABLE_COLUMNS:
+        np.testing.assert_array_equal(a[f"tables/nuclei/{col}"][:], b[f"tables/nuclei/{col}"][:])
+
+
+def test_slide_at_model_mpp_gives_level0_shape_not_multiple_of_tile(
+    tiny, make_slide: Callable[..., Path], he_mosaic: np.ndarray, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    image = np.ascontiguousarray(he_mosaic[:523, :700])
+    slide = make_slide("odd.tif", image, mpp=1.0)
+    out = tmp_path / "odd.zarr"
+    summary = run_slide(slide, out, tiny, RunParams(tile_size=256, overlap=64))
+    root = zarr.open_group(str(out), mode="r")
+    assert root["labels/nuclei/0"].shape == (523, 700)
+    assert root.attrs["wsi_infer"]["grid_to_level0"] == 1.0
+    assert summary.tiles == 3 * 4  # ceil(523 / 192) x ceil(700 / 192): all tissue
+
+
+def test_slide_without_tissue_completes_empty(
+    tiny, make_slide: Callable[..., Path], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(242, 3, size=(900, 1200, 3)), 0, 255).astype(np.uint8)
+    slide = make_slide("glass.tif", glass, mpp=1.0)
+    out = tmp_path / "glass.zarr"
+    summary = run_slide(slide, out, tiny, RunParams(tile_size=256))
+    assert summary.tiles == 0 and summary.nuclei == 0
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["wsi_infer"]["status"] == "complete"
+    assert not root["labels/tissue/0"][:].any()
+    assert root["tables/nuclei/id"].shape == (0,)
+
+
+def test_slide_smaller_than_one_tile(tiny, shared: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "small.zarr"
+    params = RunParams(tile_size=256, tissue=TissueParams(enabled=False), mpp=1.0)
+    summary = run_slide(shared / "edge/small.svs", out, tiny, params)
+    root = zarr.open_group(str(out), mode="r")
+    assert root["labels/nuclei/0"].shape == (16, 16)
+    assert summary.tiles == 1
+    assert root.attrs["wsi_infer"]["status"] == "complete"
+
+
+def test_tissue_mask_skips_glass(tiny, shared: Path, cmu_store: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = zarr.open_group(str(cmu_store), mode="r")
+    masked_tiles = root.attrs["wsi_infer"]["tiles"]
+    out = tmp_path / "all.zarr"
+    params = RunParams(tile_size=256, tissue=TissueParams(enabled=False))
+    summary = run_slide(shared / "slides/CMU-1-Small-Region.svs", out, tiny, params)
+    assert masked_tiles < summary.tiles == 6 * 8  # ceil(1108/192) x ceil(1481/192)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "mpp"),
+    [("slides/he-tma-core-0.5mpp.ome.tif", None), ("slides/CMU-1-Small-Region.svs", None)],
+)
+def test_two_tile_sizes_give_the_same_nuclei(
+    shared: Path, tmp_path: Path, name: str, mpp: float | None
+) -> None:
+    backend = create_backend("torch", "default")
+    stores = []
+    for tile in (256, 512):
+        out = tmp_path / f"t{tile}.zarr"
+        run_slide(shared / name, out, backend, RunParams(tile_size=tile, overlap=64, mpp=mpp))
+        stores.append(zarr.open_group(str(out), mode="r")["labels/nuclei/0"][:])
+    matched, na, nb = match_instances(stores[0], stores[1])
+    assert na > 200 and nb > 200
+    assert matched >= 0.99 * max(na, nb)
