@@ -470,9 +470,9 @@ def default_backend(device: str = "cpu") -> str:
     """The backend ``--backend auto`` should use on ``device``.
 
     CPU: ``onnxruntime`` when it and the exporter (onnx, onnxscript) are
-    installed, else ``torch``.  Measured on 2 CPU cores with a b0 model,
-    onnxruntime fp32 ran 1.8x (4 tiles of 256 px) to 3.8x (2 tiles of 512 px)
-    faster than torch eager; the first run of a checkpoint pays a one-off
+    installed, else ``torch``.  Measured on 2 shared CPU cores with a b0
+    model (3 runs), onnxruntime fp32 ran 1.8-4x faster than torch eager on
+    batches of 4 x 256 px and 2 x 512 px; the first run of a checkpoint pays a one-off
     export (~15 s) into the cache.  CUDA: ``torch`` (fp16 autocast, nothing to
     build); ``tensorrt`` builds an engine per GPU and TensorRT version the
     first time (minutes), so it stays opt-in.  ``auto``: CUDA when torch sees

@@ -1,32 +1,36 @@
 """The engine: slide in, every nucleus once in a zarr store out.
 
-Two stages, both scheduled with dask:
+Two stages, both scheduled with dask (local threads, or a dask.distributed cluster):
 
 1. **Predict.**  Tissue tiles (the model's input ``tile`` pixels, of which the
    central ``tile - overlap`` are kept) are read, batched and run through the
    backend; the compact maps of each tile's core go into the store's scratch
    array, one zarr chunk per tile.  Reading runs in parallel with the model,
-   which one lock keeps to one batch at a time.
+   which one lock per process keeps to one batch at a time.  A chunk on disk is
+   a tile done: a run started again skips it.
 2. **Segment and stitch.**  The seamless maps are cut into windows (bands of
    ``label_chunk`` rows, ``window_cols`` wide) read with a margin on every side.
    A nucleus belongs to the window whose core holds its centroid, so each one is
    taken exactly once and whole; objects wider than ``margin`` are no nuclei and
-   are dropped, so whatever is kept was seen whole.
-   Windows of a band are segmented in parallel; the client then numbers the
+   are dropped, so whatever is kept was seen whole.  The client numbers each
    band's nuclei in raster order (deterministic ids 1..n) and paints them into
    a rolling canvas of ``2 * label_chunk + margin`` rows, written out band by
-   band: memory is bounded by the slide's width, never its area.
+   band: memory is bounded by the slide's width, never its area.  This stage is
+   cheap and deterministic, so a resumed run simply does it again.
+
+The store's ``status`` turns ``complete`` last.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import logging
 import math
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,14 +41,22 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer import __version__
-from wsi_infer.backends import Backend
+from wsi_infer.backends import Backend, create_backend
+from wsi_infer.errors import OutputExistsError, OutputWriteError, WsiInferError
 from wsi_infer.postprocess import PostprocessParams, instance_types, logits_to_maps, segment
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
-from wsi_infer.store import ATTR, append_table, build_pyramid, create_store, prepare_output
+from wsi_infer.store import (
+    ATTR,
+    append_table,
+    build_pyramid,
+    create_store,
+    prepare_output,
+    reset_table,
+)
 from wsi_infer.tiling import TileGrid, windows
 from wsi_infer.tissue import TissueParams, detect_tissue, read_thumbnail
 
-__all__ = ["RunParams", "RunSummary", "run_slide"]
+__all__ = ["BackendSpec", "RunParams", "RunSummary", "run_slide", "stitch"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +66,7 @@ MPP_TOLERANCE = 0.02
 
 @dataclass(frozen=True)
 class RunParams:
-    """Everything that shapes a run's output (recorded in the store)."""
+    """Everything that shapes a run's output (recorded in the store), and its thread count."""
 
     tile_size: int = 512
     overlap: int = 64
@@ -80,6 +92,36 @@ class RunParams:
                 "margin >= 8, label_chunk >= 64, window_cols a multiple of label_chunk"
             )
 
+    def output_defining(self) -> dict[str, Any]:
+        """The parameters the output depends on (not the thread count)."""
+        d = dataclasses.asdict(self)
+        d.pop("workers")
+        return d
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to build a backend anywhere (a dask worker builds its own, once per process)."""
+
+    name: str
+    model: str
+    device: str
+
+    @classmethod
+    def of(cls, backend: Backend) -> BackendSpec:
+        return cls(backend.name, backend.model_source, backend.device)
+
+
+@functools.lru_cache(maxsize=4)
+def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
+    """One model (and one lock serialising its calls) per process and spec."""
+    return create_backend(spec.name, spec.model, device=spec.device), threading.Lock()
+
+
+@functools.lru_cache(maxsize=8)
+def _process_reader(path: str, scale: float) -> GridReader:
+    return GridReader(open_slide(path), scale)
+
 
 @dataclass
 class RunSummary:
@@ -88,15 +130,24 @@ class RunSummary:
     tiles: int
     seconds: float
     timings: dict[str, float]
+    status: str = "complete"
+    tiles_computed: int = 0
 
     @property
     def tiles_per_second(self) -> float:
-        return self.tiles / self.seconds if self.seconds > 0 else 0.0
+        return self.tiles_computed / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        if self.status == "skipped":
+            return f"{self.store}: already complete, {self.nuclei} nuclei (skipped)"
+        resumed = (
+            f" ({self.tiles - self.tiles_computed} done before)"
+            if self.tiles_computed < self.tiles
+            else ""
+        )
         return (
-            f"{self.store}: {self.nuclei} nuclei, {self.tiles} tiles, {self.seconds:.1f} s, "
-            f"{self.tiles_per_second:.2f} tiles/s"
+            f"{self.store}: {self.nuclei} nuclei, {self.tiles} tiles{resumed}, "
+            f"{self.seconds:.1f} s, {self.tiles_per_second:.2f} tiles/s"
         )
 
 
@@ -126,6 +177,17 @@ class WindowNuclei:
 ProgressFactory = Callable[[int, str], Any]
 
 
+@dataclass(frozen=True)
+class PredictJob:
+    """What a predict task needs, small and picklable: it runs on any worker."""
+
+    slide: str
+    scale: float
+    grid: TileGrid
+    maps: Any  # the scratch zarr array (pickles as its store and path)
+    backend: BackendSpec
+
+
 def _normalise(
     tiles: NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]
 ) -> NDArray[np.float32]:
@@ -135,15 +197,22 @@ def _normalise(
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def _predict_batch(
-    tiles: list[tuple[int, int]],
-    grid: TileGrid,
-    reader: GridReader,
-    backend: Backend,
-    maps: zarr.Array[Any],
-    lock: threading.Lock,
+def predict_tiles(
+    job: PredictJob,
+    tiles: Sequence[tuple[int, int]],
+    local: tuple[Backend, threading.Lock, GridReader] | None = None,
 ) -> int:
-    t = grid.tile
+    """Read, infer and store the maps of ``tiles``; returns how many.
+
+    ``local`` passes the caller's backend, lock and reader (threads of one
+    process); without it, the worker's own (cached) ones are used.
+    """
+    if local is None:
+        backend, lock = _process_backend(job.backend)
+        reader = _process_reader(job.slide, job.scale)
+    else:
+        backend, lock, reader = local
+    grid, t = job.grid, job.grid.tile
     imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
     batch = _normalise(imgs, backend.config.mean, backend.config.std)
     with lock:
@@ -152,8 +221,50 @@ def _predict_batch(
     h = grid.halo
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
-        maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
+        job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
     return len(tiles)
+
+
+def _tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
+    """A tile is done when its chunk is on disk: its type-probability channel is never 0."""
+    y0, _, x0, _ = grid.core(*tile)
+    try:
+        return bool(maps[y0, x0, 3] != 0)
+    except Exception:  # a chunk cut short by a crash: not done, it will be written again
+        logger.warning("scratch chunk of tile %s unreadable; recomputing it", tile)
+        return False
+
+
+def _execute(
+    tasks: list[Any],
+    client: Any,
+    workers: int,
+    on_result: Callable[[Any], None] | None,
+    resources: dict[str, float] | None = None,
+) -> list[Any]:
+    """Compute dask delayed ``tasks`` locally (threads) or on ``client``; results in order."""
+    if not tasks:
+        return []
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks, resources=resources)
+        for fut in as_completed(futures):
+            if on_result is not None:
+                on_result(fut.result())
+        return list(client.gather(futures))
+    from dask.base import compute
+    from dask.callbacks import Callback
+
+    keys = {t.key for t in tasks}
+
+    class _Progress(Callback):
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+            if key in keys and on_result is not None:
+                on_result(result)
+
+    with _Progress():
+        return list(compute(*tasks, scheduler="threads", num_workers=workers))
 
 
 def segment_window(
@@ -236,24 +347,6 @@ class _Canvas:
         self.base += c
 
 
-class _DaskProgress:
-    """A dask callback that advances a progress bar as tasks of one prefix finish."""
-
-    def __init__(self, bar: Any, prefix: str, weight: Callable[[Any], int]) -> None:
-        from dask.callbacks import Callback
-
-        outer = self
-
-        class _Cb(Callback):
-            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-                name = key[0] if isinstance(key, tuple) else key
-                if str(name).startswith(outer.prefix):
-                    outer.bar.update(outer.weight(result))
-
-        self.bar, self.prefix, self.weight = bar, prefix, weight
-        self.callback = _Cb()
-
-
 def _scale_for(slide_mpp: float, model_mpp: float) -> float:
     scale = model_mpp / slide_mpp
     return 1.0 if abs(scale - 1.0) <= MPP_TOLERANCE else scale
@@ -261,10 +354,13 @@ def _scale_for(slide_mpp: float, model_mpp: float) -> float:
 
 def _slide_record(slide: Slide, slide_mpp: float, mpp_source: str) -> dict[str, Any]:
     stat = slide.path.stat()
+    with slide.path.open("rb") as fh:
+        head = hashlib.sha256(fh.read(1 << 20)).hexdigest()
     return {
         "path": str(slide.path.resolve()),
         "name": slide.path.name,
         "size_bytes": stat.st_size,
+        "head_sha256": head,
         "reader": slide.backend,
         "vendor": slide.properties.get("openslide.vendor", slide.backend),
         "dimensions": list(slide.dimensions),
@@ -278,6 +374,37 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _fingerprint(slide: dict[str, Any], backend: Backend, params: RunParams) -> dict[str, Any]:
+    """What must match for an existing store to be resumed or taken as done."""
+    return {
+        "slide": {k: slide[k] for k in ("path", "size_bytes", "head_sha256", "mpp")},
+        "model_sha256": backend.model_sha256,
+        "backend": backend.name,
+        "device": backend.device,
+        "parameters": params.output_defining(),
+    }
+
+
+def _existing(out: Path, fingerprint: dict[str, Any]) -> tuple[zarr.Group, str]:
+    """An existing output that may be resumed: its group and status, else OutputExistsError."""
+    hint = "pass --overwrite to replace it, or choose another --out"
+    try:
+        root = zarr.open_group(str(out), mode="r+")
+        info = root.attrs.get(ATTR)
+    except Exception:
+        raise OutputExistsError(
+            f"{out}: already exists and is not a wsi-infer store; {hint}"
+        ) from None
+    if not isinstance(info, dict) or info.get("fingerprint") != fingerprint:
+        raise OutputExistsError(
+            f"{out}: already exists with another slide, model or parameters; {hint}"
+        )
+    status = str(info.get("status"))
+    if status != "complete" and "_scratch" not in root and info.get("stage") != "written":
+        raise OutputExistsError(f"{out}: an interrupted run that cannot be resumed; {hint}")
+    return root, status
+
+
 def run_slide(
     slide_path: str | Path,
     out: str | Path,
@@ -286,15 +413,19 @@ def run_slide(
     *,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
+    client: Any = None,
 ) -> RunSummary:
     """Process one slide into the store ``out``; see the module docstring.
 
-    ``progress(total, description)`` may return a tqdm-like bar (``update``,
-    ``close``).  Raises :class:`~wsi_infer.errors.WsiInferError` subclasses for
-    bad input; a run that fails midway leaves its store marked ``failed``.
+    An existing ``out`` from the same slide, model and parameters is resumed
+    (or, when complete, left as it is); anything else there is an error unless
+    ``overwrite``.  ``client`` is a ``distributed.Client``: predict tasks then
+    run on its workers (each loads the model once; with ``device="cuda"`` they
+    ask for one ``GPU`` resource each).  ``progress(total, description)`` may
+    return a tqdm-like bar.  Raises :class:`~wsi_infer.errors.WsiInferError`
+    subclasses for bad input; a run that fails midway leaves its store marked
+    ``failed``, resumable once the cause is fixed.
     """
-    import dask
-
     started, t0 = _now(), time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
@@ -306,62 +437,120 @@ def run_slide(
         reader = GridReader(slide, scale)
         run_mpp = slide_mpp * scale
         grid = TileGrid(reader.height, reader.width, params.tile_size, params.overlap)
+        record = _slide_record(slide, slide_mpp, "metadata" if params.mpp is None else "--mpp")
+        fingerprint = _fingerprint(record, backend, params)
 
-        t = time.perf_counter()
-        # Tissue: at least 64 px on the short side, never finer than the slide itself.
-        w0, h0 = slide.dimensions
-        tissue_mpp = max(min(params.tissue.mpp, min(w0, h0) * slide_mpp / 64), slide_mpp)
-        thumb = read_thumbnail(slide, slide_mpp, tissue_mpp)
-        tissue = detect_tissue(thumb, tissue_mpp, params.tissue)
-        tiles = grid.select(tissue)
-        timings["tissue_s"] = time.perf_counter() - t
-
-        prepare_output(out, overwrite)
-        attrs = {
-            "software": {"name": "wsi-infer", "version": __version__},
-            "model": {
-                **cfg.to_dict(),
-                "sha256": backend.model_sha256,
-                "source": backend.model_source,
-            },
-            "backend": {"name": backend.name, "device": backend.device},
-            "parameters": dataclasses.asdict(params),
-            "slide": _slide_record(slide, slide_mpp, "metadata" if params.mpp is None else "--mpp"),
-            "run_mpp": run_mpp,
-            "grid_shape": [reader.height, reader.width],
-            "grid_to_level0": scale,
-            "tissue": {"mpp": tissue_mpp, "fraction": float(tissue.mean()) if tissue.size else 0.0},
-            "tiles": len(tiles),
-            "started": started,
-        }
-        root = create_store(
-            out,
-            grid_shape=(reader.height, reader.width),
-            chunk=params.label_chunk,
-            map_chunk=grid.stride,
-            tissue=tissue,
-            tissue_mpp=tissue_mpp,
-            run_mpp=run_mpp,
-            class_names=cfg.class_names,
-            class_colours=cfg.class_colours,
-            attrs=attrs,
-        )
+        root: zarr.Group | None = None
+        if out.exists() and not overwrite:
+            root, status = _existing(out, fingerprint)
+            info: Any = root.attrs[ATTR]
+            if status == "complete":
+                return RunSummary(
+                    str(out), int(info["nuclei"]), int(info["tiles"]), 0.0, {}, status="skipped"
+                )
+            logger.info("%s: resuming an interrupted run", out)
+            tissue_grid = np.asarray(root["labels/tissue/0"][:]).astype(bool)  # type: ignore[index]
+            tiles = grid.select(tissue_grid)
+        else:
+            t = time.perf_counter()
+            # Tissue: at least 64 px on the short side, never finer than the slide itself.
+            w0, h0 = slide.dimensions
+            tissue_mpp = max(min(params.tissue.mpp, min(w0, h0) * slide_mpp / 64), slide_mpp)
+            thumb = read_thumbnail(slide, slide_mpp, tissue_mpp)
+            tissue = detect_tissue(thumb, tissue_mpp, params.tissue)
+            tiles = grid.select(tissue)
+            timings["tissue_s"] = time.perf_counter() - t
+            prepare_output(out, overwrite)
+            attrs = {
+                "software": {"name": "wsi-infer", "version": __version__},
+                "model": {
+                    **cfg.to_dict(),
+                    "sha256": backend.model_sha256,
+                    "source": backend.model_source,
+                },
+                "backend": {"name": backend.name, "device": backend.device},
+                "parameters": dataclasses.asdict(params),
+                "slide": record,
+                "run_mpp": run_mpp,
+                "grid_shape": [reader.height, reader.width],
+                "grid_to_level0": scale,
+                "tissue": {
+                    "mpp": tissue_mpp,
+                    "fraction": float(tissue.mean()) if tissue.size else 0.0,
+                },
+                "tiles": len(tiles),
+                "fingerprint": fingerprint,
+                "started": started,
+            }
+            root = _guard_write(
+                out,
+                lambda: create_store(
+                    out,
+                    grid_shape=(reader.height, reader.width),
+                    chunk=params.label_chunk,
+                    map_chunk=grid.stride,
+                    tissue=tissue,
+                    tissue_mpp=tissue_mpp,
+                    run_mpp=run_mpp,
+                    class_names=cfg.class_names,
+                    class_colours=cfg.class_colours,
+                    attrs=attrs,
+                ),
+            )
+        assert root is not None
         try:
-            nuclei = _run_stages(
-                root, grid, reader, backend, params, tiles, scale, run_mpp, timings, progress, dask
+            nuclei, computed = _guard_write(
+                out,
+                lambda: _run_stages(
+                    root,
+                    grid,
+                    reader,
+                    backend,
+                    params,
+                    tiles,
+                    scale,
+                    run_mpp,
+                    timings,
+                    progress,
+                    client,
+                    str(slide.path),
+                ),
             )
         except BaseException as exc:
-            info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
-            root.attrs[ATTR] = {**info, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            _mark(root, status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
     finally:
         slide.close()
 
     seconds = time.perf_counter() - t0
+    _mark(
+        root, nuclei=nuclei, finished=_now(), seconds=seconds, timings=timings, status="complete"
+    )  # the last write: only now is the store complete
+    return RunSummary(str(out), nuclei, len(tiles), seconds, timings, tiles_computed=computed)
+
+
+def _mark(root: zarr.Group, **changes: Any) -> None:
     info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
-    info.update(nuclei=nuclei, finished=_now(), seconds=seconds, timings=timings, status="complete")
-    root.attrs[ATTR] = info  # the last write: only now is the store complete
-    return RunSummary(str(out), nuclei, len(tiles), seconds, timings)
+    info.update(changes)
+    if info.get("status") != "failed":
+        info.pop("error", None)
+    try:
+        root.attrs[ATTR] = info
+    except OSError:
+        logger.exception("could not record status %r in the store", changes.get("status"))
+
+
+def _guard_write(out: Path, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; an OSError from writing (not from reading the slide) names the store."""
+    try:
+        return fn()
+    except WsiInferError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(
+            f"{out}: cannot write the result ({exc.strerror or exc}); "
+            "free space or fix permissions, then run the same command again to resume"
+        ) from exc
 
 
 def _run_stages(
@@ -375,34 +564,38 @@ def _run_stages(
     run_mpp: float,
     timings: dict[str, float],
     progress: ProgressFactory | None,
-    dask: Any,
-) -> int:
+    client: Any,
+    slide_path: str,
+) -> tuple[int, int]:
     from dask.delayed import delayed
 
-    maps = root["_scratch/maps"]
-    nuclei_arr = root["labels/nuclei/0"]
-    types_arr = root["labels/types/0"]
-    assert isinstance(maps, zarr.Array) and isinstance(nuclei_arr, zarr.Array)
-    assert isinstance(types_arr, zarr.Array)
+    info: Any = root.attrs[ATTR]
+    nuclei_arr: Any = root["labels/nuclei/0"]
+    types_arr: Any = root["labels/types/0"]
+    if info.get("stage") == "written":  # only the scratch removal and the status were left
+        if "_scratch" in root:
+            del root["_scratch"]
+        return int(info["nuclei"]), 0
+    maps: Any = root["_scratch/maps"]
 
-    # Stage 1: predict.
+    # Stage 1: predict the tiles not on disk yet.
     t = time.perf_counter()
-    lock = threading.Lock()
+    pending = [tile for tile in tiles if not _tile_done(maps, grid, tile)]
+    job = PredictJob(slide_path, scale, grid, maps, BackendSpec.of(backend))
+    local = None if client is not None else (backend, threading.Lock(), reader)
     bs = params.batch_size
     tasks = [
-        delayed(_predict_batch, pure=False)(
-            tiles[k : k + bs], grid, reader, backend, maps, lock, dask_key_name=f"predict-{k}"
+        delayed(predict_tiles, pure=False)(
+            job, pending[k : k + bs], local, dask_key_name=f"predict-{k}"
         )
-        for k in range(0, len(tiles), bs)
+        for k in range(0, len(pending), bs)
     ]
     bar = progress(len(tiles), "predict") if progress else None
+    if bar is not None and len(tiles) > len(pending):
+        bar.update(len(tiles) - len(pending))
+    resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
     try:
-        if tasks:
-            if bar is not None:
-                with _DaskProgress(bar, "predict-", int).callback:
-                    dask.compute(*tasks, scheduler="threads", num_workers=params.workers)
-            else:
-                dask.compute(*tasks, scheduler="threads", num_workers=params.workers)
+        _execute(tasks, client, params.workers, bar.update if bar is not None else None, resources)
     finally:
         if bar is not None:
             bar.close()
@@ -410,6 +603,7 @@ def _run_stages(
 
     # Stage 2: segment windows band by band, number and paint in raster order.
     t = time.perf_counter()
+    reset_table(root)
     n_bands = math.ceil(grid.height / params.label_chunk)
     bar = progress(n_bands, "segment") if progress else None
     try:
@@ -428,16 +622,16 @@ def _run_stages(
     timings["segment_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    min_size = params.label_chunk
     labels_group = root["labels"]
     assert isinstance(labels_group, zarr.Group)
     for name in ("nuclei", "types"):
         g = labels_group[name]
         assert isinstance(g, zarr.Group)
-        build_pyramid(g, name, run_mpp, min_size)
+        build_pyramid(g, name, run_mpp, params.label_chunk)
+    _mark(root, stage="written", nuclei=nuclei)
     del root["_scratch"]
     timings["write_s"] = time.perf_counter() - t
-    return nuclei
+    return nuclei, len(pending)
 
 
 def _after_band(root: zarr.Group, rows: dict[str, NDArray[Any]], bar: Any) -> None:
@@ -516,8 +710,3 @@ def _paint_band(
         "type": np.concatenate([p.types for p in parts]),
         "type_prob": np.concatenate([p.probs for p in parts]),
     }
-
-
-def default_workers() -> int:
-    """Threads for reading and post-processing: one per core, at least 2 so reads overlap the model."""
-    return max(2, min(8, os.cpu_count() or 2))

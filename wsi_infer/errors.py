@@ -13,6 +13,7 @@ __all__ = [
     "IncompleteStoreError",
     "MissingMppError",
     "OutputExistsError",
+    "OutputWriteError",
     "SlideNotFoundError",
     "SlideReadError",
     "UnsupportedSlideError",
@@ -42,6 +43,10 @@ class MissingMppError(WsiInferError, ValueError):
 
 class OutputExistsError(WsiInferError, FileExistsError):
     """The output exists and overwriting was not asked for."""
+
+
+class OutputWriteError(WsiInferError, OSError):
+    """Writing the result failed (disk full, file-size limit, permissions)."""
 
 
 class IncompleteStoreError(WsiInferError, ValueError):

@@ -167,6 +167,14 @@ def append_table(root: zarr.Group, rows: dict[str, NDArray[Any]]) -> None:
         arr.append(data.astype(arr.dtype), axis=0)
 
 
+def reset_table(root: zarr.Group) -> None:
+    """Empty ``tables/nuclei`` (a resumed run writes it again from the start)."""
+    tables: Any = root["tables/nuclei"]
+    for col in TABLE_COLUMNS:
+        arr = tables[col]
+        arr.resize((0, *arr.shape[1:]))
+
+
 def build_pyramid(group: zarr.Group, name: str, mpp: float, min_size: int) -> int:
     """Add 2x nearest-neighbour levels under ``group`` until the largest side is <= min_size.
 
@@ -180,6 +188,7 @@ def build_pyramid(group: zarr.Group, name: str, mpp: float, min_size: int) -> in
         ch, cw = src.chunks
         dst: Any = group.create_array(
             str(level + 1),
+            overwrite=True,
             shape=shape,
             chunks=src.chunks,
             dtype=src.dtype,
