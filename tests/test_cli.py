@@ -43,7 +43,7 @@ def test_bad_input_one_line_error_no_store(
     shared: Path, tiny_model: Path, tmp_path: Path, name: str, cause: str
 ) -> None:
     out = tmp_path / "r.zarr"
-    code, stdout, stderr = invoke(shared / name, "--out", out, "--model", tiny_model, "-q")
+    code, _, stderr = invoke(shared / name, "--out", out, "--model", tiny_model, "-q")
     assert code != 0
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and str(shared / name) in lines[0] and cause in lines[0]
@@ -61,7 +61,16 @@ def test_existing_output_is_never_silently_overwritten(
     code, _, stderr = invoke(slide, "--out", out, "--model", tiny_model, "--mpp", "1", "-q")
     assert code != 0 and "--overwrite" in stderr and (out / "keep.txt").read_text() == "mine"
     code, stdout, _ = invoke(
-        slide, "--out", out, "--model", tiny_model, "--mpp", "1", "--overwrite", "--tile-size", "256"
+        slide,
+        "--out",
+        out,
+        "--model",
+        tiny_model,
+        "--mpp",
+        "1",
+        "--overwrite",
+        "--tile-size",
+        "256",
     )
     assert code == 0 and "nuclei" in stdout and "tiles/s" in stdout
     assert not (out / "keep.txt").exists()
@@ -70,8 +79,12 @@ def test_existing_output_is_never_silently_overwritten(
 
 def test_mutually_exclusive_tissue_options_are_a_usage_error(shared: Path, tmp_path: Path) -> None:
     code, _, stderr = invoke(
-        shared / "edge/small.svs", "--out", tmp_path / "r.zarr",
-        "--no-tissue-mask", "--tissue-threshold", "0.1",
+        shared / "edge/small.svs",
+        "--out",
+        tmp_path / "r.zarr",
+        "--no-tissue-mask",
+        "--tissue-threshold",
+        "0.1",
     )
     assert code == 2 and "mutually exclusive" in stderr
 
@@ -87,17 +100,41 @@ def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_pa
     """The installed entry point, in its own process, as a user runs it."""
     out = tmp_path / "tma.zarr"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsi_infer", str(shared / "slides/he-tma-core-0.5mpp.ome.tif"),
-         "--out", str(out), "--model", str(tiny_model), "--tile-size", "256"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "wsi_infer",
+            str(shared / "slides/he-tma-core-0.5mpp.ome.tif"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model),
+            "--tile-size",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("tiles/s")
     assert zarr.open_group(str(out), mode="r").attrs["wsi_infer"]["status"] == "complete"
     bad = subprocess.run(
-        [sys.executable, "-m", "wsi_infer", str(shared / "bad/unreadable.svs"), "--out",
-         str(tmp_path / "bad.zarr"), "--model", str(tiny_model)],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "wsi_infer",
+            str(shared / "bad/unreadable.svs"),
+            "--out",
+            str(tmp_path / "bad.zarr"),
+            "--model",
+            str(tiny_model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

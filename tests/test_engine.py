@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from helpers import match_instances
+
 from wsi_infer.backends import create_backend
 from wsi_infer.engine import RunParams, run_slide
 from wsi_infer.store import TABLE_COLUMNS, read_table
@@ -90,7 +90,10 @@ def test_runs_are_deterministic(tiny, shared: Path, cmu_store: Path, tmp_path: P
 
 
 def test_slide_at_model_mpp_gives_level0_shape_not_multiple_of_tile(
-    tiny, make_slide: Callable[..., Path], he_mosaic: np.ndarray, tmp_path: Path  # type: ignore[no-untyped-def]
+    tiny,
+    make_slide: Callable[..., Path],
+    he_mosaic: np.ndarray,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     image = np.ascontiguousarray(he_mosaic[:523, :700])
     slide = make_slide("odd.tif", image, mpp=1.0)
@@ -103,7 +106,9 @@ def test_slide_at_model_mpp_gives_level0_shape_not_multiple_of_tile(
 
 
 def test_slide_without_tissue_completes_empty(
-    tiny, make_slide: Callable[..., Path], tmp_path: Path  # type: ignore[no-untyped-def]
+    tiny,
+    make_slide: Callable[..., Path],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     rng = np.random.default_rng(0)
     glass = np.clip(rng.normal(242, 3, size=(900, 1200, 3)), 0, 255).astype(np.uint8)

@@ -67,9 +67,8 @@ def test_bad_inputs_raise_one_line_errors_naming_the_file(
     shared: Path, name: str, error: type[WsiInferError], cause: str
 ) -> None:
     path = shared / name
-    with pytest.raises(error) as info:
-        with open_slide(path) as slide:
-            slide.read_region(0, 0, 0, 16, 16)
+    with pytest.raises(error) as info, open_slide(path) as slide:
+        slide.read_region(0, 0, 0, 16, 16)
     message = str(info.value)
     assert str(path) in message and cause in message and "\n" not in message
 
@@ -101,3 +100,10 @@ def test_outside_the_slide_is_white(shared: Path) -> None:
     with open_slide(shared / "slides/he-tma-core-0.5mpp.ome.tif") as slide:
         region = slide.read_region(1370, 1470, 0, 32, 32)
         assert (region[20:, :] == 255).all() and not (region[:10, :10] == 255).all()
+
+
+def test_implausible_metadata_resolution_asks_for_mpp(shared: Path) -> None:
+    with open_slide(shared / "edge/boxes.tiff") as slide:  # 72 dpi: 352.8 µm/px
+        with pytest.raises(MissingMppError, match="--mpp"):
+            resolve_mpp(slide, None)
+        assert resolve_mpp(slide, 0.5) == 0.5

@@ -24,7 +24,7 @@ def random_nuclei(shape: tuple[int, int], n: int, seed: int, touching: bool) -> 
         ry, rx = rng.uniform(5, 14, size=2)
         disk = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         grown = ndi.binary_dilation(disk, iterations=0 if touching else 2)
-        if disk.sum() < 20 or (labels[grown] > 0).any() and not touching:
+        if disk.sum() < 20 or ((labels[grown] > 0).any() and not touching):
             continue
         if touching and (labels[disk] > 0).mean() > 0.2:
             continue

@@ -337,7 +337,9 @@ class TensorRTBackend:
     ``.onnx`` file, or a checkpoint dir / bundled name; the latter two are
     exported and built once, cached in ``cache_dir`` (default
     ``~/.cache/wsi-infer``) per (ONNX sha256, GPU, TensorRT version).  Device
-    buffers are reused between batches of the same shape.
+    buffers are reused between batches of the same shape.  The engine's
+    profile takes batches up to ``max_batch`` of square ``tile_size`` tiles
+    (default: the config's tile size).
     """
 
     name = "tensorrt"
@@ -351,6 +353,7 @@ class TensorRTBackend:
         cache_dir: str | Path | None = None,
         opt_batch: int = 8,
         max_batch: int = 32,
+        tile_size: int | None = None,
     ) -> None:
         from export.tensorrt_build import (
             build_tensorrt_engine,
@@ -384,6 +387,7 @@ class TensorRTBackend:
                 fp16=True,
                 opt_batch=min(opt_batch, max_batch),
                 max_batch=max_batch,
+                tile_size=tile_size,
                 cache_dir=cache_dir,
                 device_index=index,
             )

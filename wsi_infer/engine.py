@@ -580,19 +580,23 @@ def _run_stages(
 
     # Stage 1: predict the tiles not on disk yet.
     t = time.perf_counter()
-    pending = [tile for tile in tiles if not _tile_done(maps, grid, tile)]
+    # Batches are fixed by the tile list, so a resumed run feeds the model exactly the
+    # batches an uninterrupted one would (results can depend on a batch's make-up).
+    bs = params.batch_size
+    batches = [tiles[k : k + bs] for k in range(0, len(tiles), bs)]
+    todo = [
+        (k, b) for k, b in enumerate(batches) if not all(_tile_done(maps, grid, tile) for tile in b)
+    ]
+    pending = sum(len(b) for _, b in todo)
     job = PredictJob(slide_path, scale, grid, maps, BackendSpec.of(backend))
     local = None if client is not None else (backend, threading.Lock(), reader)
-    bs = params.batch_size
     tasks = [
-        delayed(predict_tiles, pure=False)(
-            job, pending[k : k + bs], local, dask_key_name=f"predict-{k}"
-        )
-        for k in range(0, len(pending), bs)
+        delayed(predict_tiles, pure=False)(job, b, local, dask_key_name=f"predict-{k}")
+        for k, b in todo
     ]
     bar = progress(len(tiles), "predict") if progress else None
-    if bar is not None and len(tiles) > len(pending):
-        bar.update(len(tiles) - len(pending))
+    if bar is not None and len(tiles) > pending:
+        bar.update(len(tiles) - pending)
     resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
     try:
         _execute(tasks, client, params.workers, bar.update if bar is not None else None, resources)
@@ -631,7 +635,7 @@ def _run_stages(
     _mark(root, stage="written", nuclei=nuclei)
     del root["_scratch"]
     timings["write_s"] = time.perf_counter() - t
-    return nuclei, len(pending)
+    return nuclei, pending
 
 
 def _after_band(root: zarr.Group, rows: dict[str, NDArray[Any]], bar: Any) -> None:

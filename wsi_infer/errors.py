@@ -11,6 +11,7 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "IncompleteStoreError",
+    "ManifestError",
     "MissingMppError",
     "OutputExistsError",
     "OutputWriteError",
@@ -51,6 +52,10 @@ class OutputWriteError(WsiInferError, OSError):
 
 class IncompleteStoreError(WsiInferError, ValueError):
     """A result store is missing, partial or not a wsi-infer store."""
+
+
+class ManifestError(WsiInferError, ValueError):
+    """A batch manifest or slide list is malformed."""
 
 
 class CheckpointError(WsiInferError, ValueError):

@@ -29,6 +29,8 @@ __all__ = ["GridReader", "Slide", "open_slide"]
 logger = logging.getLogger(__name__)
 
 _WHITE = 255
+#: Coarser than this (a 0.5x objective) the metadata's resolution is taken as bogus.
+MAX_PLAUSIBLE_MPP = 20.0
 
 
 class Slide:
@@ -199,19 +201,29 @@ def open_slide(path: str | Path) -> Slide:
         raise SlideReadError(f"{path}: cannot open for reading ({exc.strerror or exc})") from exc
     import openslide
 
+    slide: Slide
     try:
-        return OpenSlideSlide(path)
+        slide = OpenSlideSlide(path)
     except openslide.OpenSlideError as exc:
         first_error = str(exc) or type(exc).__name__
+        try:
+            slide = TiffSlide(path)
+        except UnsupportedSlideError:
+            raise
+        except Exception as exc2:
+            raise UnsupportedSlideError(
+                f"{path}: not a slide openslide or tifffile can read "
+                f"(openslide: {first_error}; tifffile: {exc2})"
+            ) from exc2
+    # Decode a few pixels of the smallest level now, so a corrupt file fails here, by name.
+    level = len(slide.level_dimensions) - 1
+    w, h = slide.level_dimensions[level]
     try:
-        return TiffSlide(path)
-    except UnsupportedSlideError:
+        slide.read_region(0, 0, level, min(w, 16), min(h, 16))
+    except SlideReadError:
+        slide.close()
         raise
-    except Exception as exc:
-        raise UnsupportedSlideError(
-            f"{path}: not a slide openslide or tifffile can read "
-            f"(openslide: {first_error}; tifffile: {exc})"
-        ) from exc
+    return slide
 
 
 class GridReader:
@@ -262,6 +274,11 @@ def resolve_mpp(slide: Slide, mpp: float | None) -> float:
         if not (mpp > 0 and math.isfinite(mpp)):
             raise MissingMppError(f"{slide.path}: --mpp must be a positive number, got {mpp}")
         return float(mpp)
+    if slide.mpp is not None and slide.mpp > MAX_PLAUSIBLE_MPP:
+        raise MissingMppError(
+            f"{slide.path}: the metadata's resolution, {slide.mpp:.4g} µm/px, is no microscope's "
+            "(a TIFF writer's default dpi?); pass --mpp with the real one"
+        )
     if slide.mpp is None:
         raise MissingMppError(
             f"{slide.path}: the slide's metadata gives no resolution; pass --mpp "

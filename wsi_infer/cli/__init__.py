@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from wsi_infer import __version__
+from wsi_infer.cli.export import export
+from wsi_infer.cli.inspect import inspect
 from wsi_infer.cli.run import run
 
 __all__ = ["main"]
@@ -39,3 +41,5 @@ def main(**_: Any) -> None:
 
 
 main.add_command(run)
+main.add_command(export)
+main.add_command(inspect)

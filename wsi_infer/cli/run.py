@@ -1,4 +1,4 @@
-"""``wsi-infer run SLIDE --out result.zarr`` (also ``wsi-infer SLIDE --out ...``)."""
+"""``wsi-infer run SLIDE... --out OUT`` (also ``wsi-infer SLIDE... --out OUT``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import click
 
 from wsi_infer.cli.common import fail, overwrite_option, quiet_option, tqdm_progress
 
+#: Exit status of a batch in which some slides failed (1 is a fatal error, 2 a usage error).
+EXIT_SOME_FAILED = 3
+
 
 @click.command("run")
-@click.argument("slide", type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "-o",
     required=True,
     type=click.Path(path_type=Path),
-    help="The zarr store to write (a directory ending in .zarr).",
+    help="One slide: the store to write (NAME.zarr). Several: a folder for NAME.zarr "
+    "stores and summary.json/.csv.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="CSV of slides to run (columns: path, optional mpp and name).",
 )
 @click.option(
     "--model",
@@ -52,8 +61,14 @@ from wsi_infer.cli.common import fail, overwrite_option, quiet_option, tqdm_prog
     default=2,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Threads reading tiles and post-processing beside the model.",
+    help="Threads reading tiles and post-processing beside the model (per worker).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Start a local dask cluster of this many worker processes.",
+)
+@click.option("--scheduler", help="Run on an existing dask cluster (tcp://HOST:PORT).")
 @click.option("--no-tissue-mask", is_flag=True, help="Process the whole slide, glass included.")
 @click.option(
     "--tissue-mpp",
@@ -67,11 +82,17 @@ from wsi_infer.cli.common import fail, overwrite_option, quiet_option, tqdm_prog
     type=click.FloatRange(0, 1),
     help="Saturation above which a pixel is tissue (default: Otsu).",
 )
+@click.option(
+    "--log-json",
+    type=click.Path(path_type=Path),
+    help="Append one JSON line per event (started, progress, finished, failed).",
+)
 @overwrite_option
 @quiet_option
 def run(
-    slide: Path,
+    slides: tuple[Path, ...],
     out: Path,
+    manifest: Path | None,
     model: str,
     backend: str,
     device: str,
@@ -80,20 +101,37 @@ def run(
     overlap: int,
     mpp: float | None,
     threads: int,
+    workers: int | None,
+    scheduler: str | None,
     no_tissue_mask: bool,
     tissue_mpp: float,
     tissue_threshold: float | None,
+    log_json: Path | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Segment and classify every nucleus of SLIDE into the zarr store --out."""
-    from wsi_infer.backends import create_backend
-    from wsi_infer.engine import RunParams, run_slide
+    """Segment and classify every nucleus of each SLIDE into zarr stores.
+
+    A run interrupted at any point (even killed) is finished by the same command:
+    tiles already predicted and slides already complete are not redone.
+    """
     from wsi_infer.errors import WsiInferError
     from wsi_infer.tissue import TissueParams
 
     if no_tissue_mask and tissue_threshold is not None:
         raise click.UsageError("--no-tissue-mask and --tissue-threshold are mutually exclusive")
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("--workers and --scheduler are mutually exclusive")
+    if manifest is not None and slides:
+        raise click.UsageError("give slides or --manifest, not both")
+    if manifest is None and not slides:
+        raise click.UsageError("no slide given (SLIDE... or --manifest)")
+    single = manifest is None and len(slides) == 1 and out.suffix == ".zarr"
+    if not single and out.suffix == ".zarr":
+        raise click.UsageError("several slides need --out to be a folder, not NAME.zarr")
+
+    from wsi_infer.engine import RunParams
+
     try:
         params = RunParams(
             tile_size=tile_size,
@@ -107,14 +145,79 @@ def run(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+    from wsi_infer.backends import create_backend
+    from wsi_infer.cluster import dask_client
+    from wsi_infer.events import EventLog
+
+    progress = tqdm_progress(quiet)
     try:
-        engine = create_backend(backend, model, device=device)
-        summary = run_slide(
-            slide, out, engine, params, overwrite=overwrite, progress=tqdm_progress(quiet)
-        )
+        with (
+            EventLog(log_json) as log,
+            dask_client(
+                scheduler=scheduler, workers=workers, threads=threads, gpu=device == "cuda"
+            ) as client,
+        ):
+            engine = create_backend(backend, model, device=device)
+            if single:
+                _run_one(slides[0], out, engine, params, overwrite, progress, client, log, quiet)
+                return
+            _run_many(
+                slides, manifest, out, engine, params, overwrite, progress, client, log, quiet
+            )
     except WsiInferError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        fail(f"{out}: interrupted; the store is incomplete", 130)
+        fail(f"{out}: interrupted; run the same command again to resume", 130)
+
+
+def _run_one(slide, out, engine, params, overwrite, progress, client, log, quiet):  # type: ignore[no-untyped-def]
+    from wsi_infer.engine import run_slide
+    from wsi_infer.errors import WsiInferError
+
+    log.emit("slide_started", slide=str(slide), store=str(out))
+    try:
+        summary = run_slide(
+            slide, out, engine, params, overwrite=overwrite, progress=progress, client=client
+        )
+    except WsiInferError as exc:
+        log.emit("slide_failed", slide=str(slide), error=str(exc))
+        raise
+    log.emit(
+        "slide_skipped" if summary.status == "skipped" else "slide_finished",
+        slide=str(slide),
+        store=str(out),
+        nuclei=summary.nuclei,
+        tiles=summary.tiles,
+        seconds=round(summary.seconds, 3),
+    )
     if not quiet:
         click.echo(summary.line())
+
+
+def _run_many(slides, manifest, out, engine, params, overwrite, progress, client, log, quiet):  # type: ignore[no-untyped-def]
+    import sys
+
+    from wsi_infer.batch import items_from_paths, read_manifest, run_batch
+
+    items = read_manifest(manifest) if manifest is not None else items_from_paths(slides)
+    results = run_batch(
+        items, out, engine, params, overwrite=overwrite, progress=progress, client=client, log=log
+    )
+    failed = [r for r in results if r.status == "failed"]
+    if not quiet:
+        width = max(len(Path(r.slide).name) for r in results)
+        click.echo(f"{'slide':<{width}}  {'status':<8}  {'nuclei':>8}  {'seconds':>8}")
+        for r in results:
+            nuclei = "" if r.nuclei is None else str(r.nuclei)
+            click.echo(
+                f"{Path(r.slide).name:<{width}}  {r.status:<8}  {nuclei:>8}  {r.seconds:>8.1f}"
+            )
+        click.echo(
+            f"{len(results) - len(failed)} of {len(results)} slides done; "
+            f"summary in {out / 'summary.json'}"
+        )
+    for r in failed:
+        click.echo(f"wsi-infer: error: {r.error}", err=True)
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)

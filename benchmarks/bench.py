@@ -1,0 +1,893 @@
+"""Stage-by-stage throughput of the engine on realistic synthetic slides.
+
+For each slide size (slides from :mod:`benchmarks.make_slide`, cached) and each
+number of dask workers, one subprocess runs :func:`wsi_infer.engine.run_slide`
+exactly as ``wsi-infer`` does (so peak RSS and CPU time are per run), then, on
+the same backend, tile selection and slide, measures each stage on its own:
+
+* **read**: read + decode of the engine's tiles through :class:`GridReader` (one thread);
+* **tissue**: tissue detection seconds (the run's ``tissue_s``);
+* **model**: the backend alone on pre-read, normalised batches of real tissue tiles
+  (same batch size, tile size and device), looped;
+* **model in run**: the same backend's calls timed inside the run (a transparent
+  wrapper): its speed there and the share of the run it was busy;
+* **normalise** and **maps**: the per-tile work around the model in the predict stage;
+* **post-processing**: grid Mpx per second of the run's ``segment_s`` (segment + stitch);
+* **store write**: MB/s writing the run's label arrays band by band into a zarr store
+  with the same chunks and codecs.
+
+End to end: tiles/s, Mpx/s, seconds per mm² of tissue, peak RSS, CPU utilisation
+(overall and per engine stage, from a sampling thread), and the engine's efficiency:
+end-to-end tiles/s over model-only tiles/s.  Over the sizes: a linear fit of run
+time against tissue area (slope, intercept, R²) per worker count.
+
+Results go to ``--out-dir`` (``benchmarks/results/``) as ``bench-<UTC time>.json``
+(with machine info and package versions), ``.txt`` (the table) and ``.png`` (plots).
+
+``python -m benchmarks.bench --sizes 4096 8192 12288 16384 --workers 1 2``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from benchmarks.make_slide import (
+    DEFAULT_NUCLEI_DIR,
+    SlideInfo,
+    SlideSpec,
+    load_patch_bank,
+    make_slide,
+    read_sidecar,
+)
+
+if TYPE_CHECKING:
+    from wsi_infer.backends import Backend
+
+__all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "wsi-infer-bench/1"
+#: The repository (or install) root, from which ``python -m benchmarks.bench`` imports.
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
+DEFAULT_SLIDES_DIR = Path.home() / ".cache" / "wsi-infer" / "bench-slides"
+DEFAULT_SIZES = (4096, 8192, 12288, 16384)
+QUICK_SIZES = (768, 1024)
+#: A random, seeded b0 model: same speed as the trained one, for machines without it.
+RANDOM_MODEL = "random-b0"
+PACKAGES = (
+    "wsi-infer",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "openslide-python",
+    "openslide-bin",
+    "tifffile",
+    "imagecodecs",
+    "zarr",
+    "dask",
+    "pillow",
+    "onnxruntime",
+)
+#: Engine stages in run order, as keys of ``RunSummary.timings``.
+ENGINE_STAGES = ("tissue_s", "predict_s", "segment_s", "write_s")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One engine run: what the parent hands its subprocess (as JSON)."""
+
+    slide: str
+    size: int
+    workers: int
+    model: str
+    backend: str
+    device: str
+    tile_size: int
+    overlap: int
+    batch_size: int
+    stage_seconds: float
+    store: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, float | None]:
+    """Least-squares ``y = slope * x + intercept`` and its R² (``None`` where undefined)."""
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    if xa.size < 2 or np.ptp(xa) == 0:
+        return {"slope": None, "intercept": None, "r2": None, "points": int(xa.size)}
+    slope, intercept = np.polyfit(xa, ya, 1)
+    ss_res = float(((ya - (slope * xa + intercept)) ** 2).sum())
+    ss_tot = float(((ya - ya.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
+    return {
+        "slope": float(slope),
+        "intercept": float(intercept),
+        "r2": r2,
+        "points": int(xa.size),
+    }
+
+
+def _rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else math.nan
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, RAM, OS, Python, load average."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    try:
+        load: list[float] | None = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "ram_gb": round(ram / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": load,
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class _CpuSampler:
+    """Samples this process' CPU time (all threads) against wall time in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> _CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def utilisation(self, t0: float, t1: float) -> float:
+        """Mean CPU use over ``[t0, t1]`` in cores (1.0 = one core busy)."""
+        if t1 <= t0 or len(self.wall) < 2:
+            return math.nan
+        c0, c1 = np.interp([t0, t1], self.wall, self.cpu)
+        return float((c1 - c0) / (t1 - t0))
+
+
+# --------------------------------------------------------------------------- the child
+
+
+class _TimedBackend:
+    """The run's backend, timing each call: how busy the engine keeps its model.
+
+    The engine calls the backend one batch at a time (under its lock), so the summed
+    call time is the model's busy time within the run.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.device = inner.device
+        self.config = inner.config
+        self.model_sha256 = inner.model_sha256
+        self.model_source = inner.model_source
+        self.seconds = 0.0
+        self.calls = 0
+        self.tiles = 0
+
+    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        t0 = time.perf_counter()
+        out = self._inner(batch)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        self.tiles += len(batch)
+        return out
+
+
+def _model_checkpoint(model: str, cache: Path) -> str:
+    """``model`` as the backend takes it; ``random-b0`` becomes a seeded random checkpoint."""
+    if model != RANDOM_MODEL:
+        return model
+    out = cache / RANDOM_MODEL
+    if not (out / "model.safetensors").is_file():
+        import torch
+
+        from wsi_infer.config import ModelConfig
+        from wsi_infer.model import NucleusSegFormer, save_checkpoint
+
+        torch.manual_seed(0)
+        save_checkpoint(NucleusSegFormer(ModelConfig()), out)
+    return str(out)
+
+
+def _time_loop(fn: Any, budget: float, min_calls: int, max_calls: int) -> tuple[int, float]:
+    """Call ``fn(k)`` for k = 0, 1, ... until ``budget`` seconds (at least ``min_calls``)."""
+    calls, t0 = 0, time.perf_counter()
+    while calls < max_calls:
+        fn(calls)
+        calls += 1
+        if calls >= min_calls and time.perf_counter() - t0 >= budget:
+            break
+    return calls, time.perf_counter() - t0
+
+
+def run_child(cfg: RunConfig) -> dict[str, Any]:
+    """One engine run and the stage measurements on its tiles (in this process)."""
+    import zarr
+
+    from wsi_infer.backends import create_backend
+    from wsi_infer.engine import RunParams, _normalise, run_slide
+    from wsi_infer.postprocess import logits_to_maps
+    from wsi_infer.reader import GridReader, open_slide
+    from wsi_infer.tiling import TileGrid
+
+    params = RunParams(
+        tile_size=cfg.tile_size,
+        overlap=cfg.overlap,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+    )
+    t_load = time.perf_counter()
+    backend = create_backend(cfg.backend, cfg.model, device=cfg.device)
+    load_s = time.perf_counter() - t_load
+    torch_threads: int | None = None
+    if cfg.backend == "torch":
+        import torch
+
+        torch_threads = torch.get_num_threads()
+
+    # ---- the run, exactly as the CLI makes it
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    with _CpuSampler() as sampler:
+        t0 = time.perf_counter()
+        timed = _TimedBackend(backend)
+        summary = run_slide(cfg.slide, cfg.store, timed, params, overwrite=True)
+        t1 = time.perf_counter()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    peak_rss = ru1.ru_maxrss * 1024 if sys.platform != "darwin" else ru1.ru_maxrss
+    wall = t1 - t0
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    cores = os.cpu_count() or 1
+    timings = dict(summary.timings)
+    # Stage windows, back from the run's end (stages run back to back).
+    ends: dict[str, tuple[float, float]] = {}
+    end = t1
+    for key in reversed(ENGINE_STAGES[1:]):
+        ends[key] = (end - timings.get(key, 0.0), end)
+        end -= timings.get(key, 0.0)
+    ends["tissue_s"] = (t0, t0 + timings.get("tissue_s", 0.0))
+    stage_cpu = {k.removesuffix("_s"): sampler.utilisation(*ends[k]) for k in ENGINE_STAGES}
+
+    # ---- the run's geometry and tiles, from its store
+    root = zarr.open_group(cfg.store, mode="r")
+    info: dict[str, Any] = dict(root.attrs["wsi_infer"])  # type: ignore[arg-type]
+    gh, gw = (int(v) for v in info["grid_shape"])
+    scale = float(info["grid_to_level0"])
+    tissue_mask = np.asarray(root["labels/tissue/0"][:], dtype=bool)  # type: ignore[index]
+    tissue_mpp = float(info["tissue"]["mpp"])
+    tissue_mm2 = float(tissue_mask.sum()) * (tissue_mpp * 1e-3) ** 2
+    grid = TileGrid(gh, gw, params.tile_size, params.overlap)
+    tiles = grid.select(tissue_mask)
+    if len(tiles) != summary.tiles:
+        logger.warning("tile selection differs: %d here, %d in the run", len(tiles), summary.tiles)
+    t = params.tile_size
+    slide = open_slide(cfg.slide)
+    budget = cfg.stage_seconds
+    try:
+        reader = GridReader(slide, scale)
+        origins = [grid.origin(i, j) for i, j in tiles]
+
+        # ---- read + decode, one thread, the engine's tiles in its order
+        def read_one(k: int) -> None:
+            y, x = origins[k]
+            reader.read(x, y, t, t)
+
+        n_read, read_s = _time_loop(read_one, budget, 1, len(origins)) if origins else (0, 0.0)
+
+        # ---- model only: pre-read, normalised batches of tissue tiles, looped
+        bs = params.batch_size
+        n_pre = min(len(origins), max(bs, 8 * bs))
+        imgs = [reader.read(x, y, t, t) for y, x in origins[:n_pre]]
+    finally:
+        slide.close()
+    if not imgs:
+        raise RuntimeError(
+            f"{cfg.slide}: the engine found no tissue tile to measure (a slide under ~1 mm "
+            "loses its tissue to the minimum tissue area: use larger --sizes)"
+        )
+    while len(imgs) < bs:
+        imgs = imgs + imgs
+    raw = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
+    mean, std = backend.config.mean, backend.config.std
+    batches = [_normalise(b, mean, std) for b in raw]
+    logits = backend(batches[0])  # warm-up
+    n_model, model_s = _time_loop(
+        lambda k: backend(batches[k % len(batches)]), budget, 3, 1_000_000
+    )
+    n_norm, norm_s = _time_loop(
+        lambda k: _normalise(raw[k % len(raw)], mean, std), budget / 4, 3, 1_000_000
+    )
+    n_maps, maps_s = _time_loop(lambda k: logits_to_maps(logits), budget / 4, 3, 1_000_000)
+
+    # ---- store write: the run's labels, band by band, into a store like the run's
+    write = _measure_store_write(root, params.label_chunk, budget)
+
+    tiles_n = summary.tiles
+    grid_mpx = gh * gw / 1e6
+    model_tps = _rate(n_model * bs, model_s)
+    e2e_tps = _rate(tiles_n, summary.seconds)
+    predict_tps = _rate(tiles_n, timings.get("predict_s", 0.0))
+    stages: dict[str, Any] = {
+        "read": {
+            "tiles_per_s": _rate(n_read, read_s),
+            "mpx_per_s": _rate(n_read * t * t / 1e6, read_s),
+            "tiles": n_read,
+            "seconds": read_s,
+            "threads": 1,
+        },
+        "tissue": {"seconds": timings.get("tissue_s", math.nan), "area_mm2": tissue_mm2},
+        "model": {
+            "tiles_per_s": model_tps,
+            "mpx_per_s": _rate(n_model * bs * t * t / 1e6, model_s),
+            "batches": n_model,
+            "batch_size": bs,
+            "seconds": model_s,
+            "load_seconds": load_s,
+            "torch_threads": torch_threads,
+        },
+        "model_in_run": {
+            "tiles_per_s": _rate(timed.tiles, timed.seconds),
+            "seconds": timed.seconds,
+            "batches": timed.calls,
+            "busy_in_predict": _rate(timed.seconds, timings.get("predict_s", 0.0)),
+            "busy_in_run": _rate(timed.seconds, summary.seconds),
+        },
+        "normalise": {"tiles_per_s": _rate(n_norm * bs, norm_s), "seconds": norm_s},
+        "maps": {"tiles_per_s": _rate(n_maps * len(logits), maps_s), "seconds": maps_s},
+        "postprocess": {
+            "mpx_per_s": _rate(grid_mpx, timings.get("segment_s", 0.0)),
+            "seconds": timings.get("segment_s", math.nan),
+        },
+        "write": write,
+    }
+    # Per tile, the CPU work each stage costs (seconds): what bounds the predict stage.
+    per_tile = {
+        "read": 1 / stages["read"]["tiles_per_s"],
+        "normalise": 1 / stages["normalise"]["tiles_per_s"],
+        "model": 1 / model_tps,
+        "maps": 1 / stages["maps"]["tiles_per_s"],
+    }
+    share = {k.removesuffix("_s"): timings.get(k, 0.0) / summary.seconds for k in ENGINE_STAGES}
+    return {
+        "size": cfg.size,
+        "workers": cfg.workers,
+        "slide": cfg.slide,
+        "grid_shape": [gh, gw],
+        "grid_mpx": grid_mpx,
+        "tiles": tiles_n,
+        "tissue_fraction": float(info["tissue"]["fraction"]),
+        "tissue_area_mm2": tissue_mm2,
+        "nuclei": summary.nuclei,
+        "timings": timings,
+        "stages": stages,
+        "end_to_end": {
+            "seconds": summary.seconds,
+            "tiles_per_s": e2e_tps,
+            "mpx_per_s": _rate(tiles_n * t * t / 1e6, summary.seconds),
+            "slide_mpx_per_s": _rate(grid_mpx, summary.seconds),
+            "s_per_mm2": summary.seconds / tissue_mm2 if tissue_mm2 > 0 else math.nan,
+            "peak_rss_mb": peak_rss / 2**20,
+            "cpu_seconds": cpu,
+            "cpu_cores_busy": cpu / wall if wall > 0 else math.nan,
+            "cpu_util": cpu / wall / cores if wall > 0 else math.nan,
+            "cpu_cores_busy_by_stage": stage_cpu,
+        },
+        "efficiency": e2e_tps / model_tps,
+        "predict_efficiency": predict_tps / model_tps,
+        "per_tile_s": per_tile,
+        "time_share": share,
+        "bottleneck": max(share, key=lambda k: share[k]),
+    }
+
+
+def _measure_store_write(root: Any, chunk: int, budget: float) -> dict[str, Any]:
+    import zarr
+
+    raw_bytes, seconds = 0, 0.0
+    with tempfile.TemporaryDirectory(prefix="wsi-bench-write-") as tmp:
+        for name in ("nuclei", "types"):
+            src = root[f"labels/{name}/0"]
+            dst = zarr.create_array(
+                str(Path(tmp) / f"{name}.zarr"),
+                shape=src.shape,
+                chunks=src.chunks,
+                dtype=src.dtype,
+                compressors=src.compressors,
+                fill_value=0,
+            )
+            rows = src.chunks[0]
+            for y in range(0, src.shape[0], rows):
+                band = np.asarray(src[y : y + rows])
+                t0 = time.perf_counter()
+                dst[y : y + rows] = band
+                seconds += time.perf_counter() - t0
+                raw_bytes += band.nbytes
+                if seconds >= budget / 2 and name == "nuclei":
+                    break
+                if seconds >= budget:
+                    break
+        disk = _dir_bytes(Path(tmp))
+    return {
+        "mb_per_s": _rate(raw_bytes / 1e6, seconds),
+        "disk_mb_per_s": _rate(disk / 1e6, seconds),
+        "mb": raw_bytes / 1e6,
+        "disk_mb": disk / 1e6,
+        "seconds": seconds,
+        "band_rows": chunk,
+    }
+
+
+def _child_main(config_path: str, out_path: str) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    cfg = RunConfig(**json.loads(Path(config_path).read_text()))
+    result = run_child(cfg)
+    Path(out_path).write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return 0
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def _slide_for(
+    size: int, mpp: float, seed: int, fraction: float, slides_dir: Path, bank_args: dict[str, Any]
+) -> SlideInfo:
+    spec = SlideSpec(width=size, height=size, mpp=mpp, seed=seed, tissue_fraction=fraction)
+    path = slides_dir / f"synthetic-{size}px-{mpp:g}mpp-seed{seed}-t{fraction:g}.tif"
+    cached = read_sidecar(path)
+    if cached is not None and cached.spec == asdict(spec):
+        return cached
+    logger.info("writing %s", path)
+    if "bank" not in bank_args:
+        bank_args["bank"] = load_patch_bank(
+            bank_args["nuclei_dir"], max_groups=bank_args["max_groups"]
+        )
+    return make_slide(path, spec, bank_args["bank"])
+
+
+def _run_subprocess(cfg: RunConfig, work: Path, timeout: float | None) -> dict[str, Any]:
+    cfg_path = work / f"run-{cfg.size}-w{cfg.workers}.json"
+    out_path = work / f"result-{cfg.size}-w{cfg.workers}.json"
+    cfg_path.write_text(json.dumps(asdict(cfg)))
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--child", str(cfg_path), str(out_path)]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+        raise RuntimeError(f"benchmark run {cfg.size} px, {cfg.workers} workers failed:\n{tail}")
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    return result
+
+
+def run_benchmark(
+    *,
+    sizes: Sequence[int],
+    workers: Sequence[int],
+    model: str,
+    backend: str = "torch",
+    device: str = "cpu",
+    tile_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    slide_mpp: float | None = None,
+    tissue_fraction: float = 0.4,
+    seed: int = 0,
+    stage_seconds: float = 8.0,
+    slides_dir: Path = DEFAULT_SLIDES_DIR,
+    nuclei_dir: Path = DEFAULT_NUCLEI_DIR,
+    max_groups: int | None = None,
+    keep_stores: Path | None = None,
+    timeout: float | None = None,
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Generate (or reuse) the slides, run every (size, workers) in a subprocess, summarise."""
+    from wsi_infer.config import ModelConfig
+    from wsi_infer.engine import RunParams
+
+    RunParams(tile_size=tile_size, overlap=overlap, batch_size=batch_size)  # validate early
+    started = datetime.now(UTC)
+    machine = machine_info()
+    checkpoint = _model_checkpoint(model, slides_dir.parent / "bench-models")
+    model_cfg = _model_config(checkpoint, ModelConfig)
+    mpp = slide_mpp if slide_mpp is not None else model_cfg.mpp
+    slides_dir.mkdir(parents=True, exist_ok=True)
+    bank_args: dict[str, Any] = {"nuclei_dir": nuclei_dir, "max_groups": max_groups}
+    slides = {s: _slide_for(s, mpp, seed, tissue_fraction, slides_dir, bank_args) for s in sizes}
+    bank_args.clear()
+
+    runs: list[dict[str, Any]] = []
+    if keep_stores is not None:
+        keep_stores.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wsi-bench-") as tmp:
+        work = Path(tmp)
+        for size in sizes:
+            for w in workers:
+                store = (keep_stores or work) / f"bench-{size}px-w{w}.zarr"
+                cfg = RunConfig(
+                    slide=str(Path(slides[size].path).resolve()),
+                    size=size,
+                    workers=w,
+                    model=checkpoint,
+                    backend=backend,
+                    device=device,
+                    tile_size=tile_size,
+                    overlap=overlap,
+                    batch_size=batch_size,
+                    stage_seconds=stage_seconds,
+                    store=str(store.resolve()),
+                )
+                logger.info("run: %d px, %d worker(s)", size, w)
+                result = _run_subprocess(cfg, work, timeout)
+                result["slide_info"] = asdict(slides[size])
+                runs.append(result)
+                logger.info(
+                    "  %d tiles in %.1f s: %.2f tiles/s end to end, model only %.2f tiles/s",
+                    result["tiles"],
+                    result["end_to_end"]["seconds"],
+                    result["end_to_end"]["tiles_per_s"],
+                    result["stages"]["model"]["tiles_per_s"],
+                )
+                if keep_stores is None:
+                    shutil.rmtree(store, ignore_errors=True)
+
+    scaling = {}
+    for w in workers:
+        pts = [r for r in runs if r["workers"] == w]
+        fit = fit_line(
+            [r["tissue_area_mm2"] for r in pts], [r["end_to_end"]["seconds"] for r in pts]
+        )
+        scaling[f"workers={w}"] = {"x": "tissue_area_mm2", "y": "seconds", **fit}
+    return {
+        "schema": SCHEMA,
+        "date": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine, "load_average_end": machine_info()["load_average"]},
+        "versions": package_versions(),
+        "settings": {
+            "sizes": list(sizes),
+            "workers": list(workers),
+            "model": model,
+            "checkpoint": checkpoint,
+            "model_config": {"arch": model_cfg.arch, "mpp": model_cfg.mpp},
+            "backend": backend,
+            "device": device,
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "batch_size": batch_size,
+            "slide_mpp": mpp,
+            "tissue_fraction": tissue_fraction,
+            "seed": seed,
+            "stage_seconds": stage_seconds,
+            "quick": quick,
+        },
+        "runs": runs,
+        "scaling": scaling,
+    }
+
+
+def _model_config(checkpoint: str, model_config: Any) -> Any:
+    """The :class:`ModelConfig` of a checkpoint directory or bundled model."""
+    from wsi_infer.model import CONFIG_FILE, resolve_checkpoint
+
+    return model_config.from_json(resolve_checkpoint(checkpoint) / CONFIG_FILE)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The runs as a fixed-width table, then the scaling fits."""
+    cols = [
+        ("size", "{:>6}", lambda r: r["size"]),
+        ("wk", "{:>2}", lambda r: r["workers"]),
+        ("tiles", "{:>6}", lambda r: r["tiles"]),
+        ("mm2", "{:>7.2f}", lambda r: r["tissue_area_mm2"]),
+        ("read t/s", "{:>8.1f}", lambda r: r["stages"]["read"]["tiles_per_s"]),
+        ("tissue s", "{:>8.2f}", lambda r: r["stages"]["tissue"]["seconds"]),
+        ("model t/s", "{:>9.2f}", lambda r: r["stages"]["model"]["tiles_per_s"]),
+        ("post Mpx/s", "{:>10.1f}", lambda r: r["stages"]["postprocess"]["mpx_per_s"]),
+        ("write MB/s", "{:>10.0f}", lambda r: r["stages"]["write"]["mb_per_s"]),
+        ("e2e s", "{:>7.1f}", lambda r: r["end_to_end"]["seconds"]),
+        ("e2e t/s", "{:>7.2f}", lambda r: r["end_to_end"]["tiles_per_s"]),
+        ("Mpx/s", "{:>6.2f}", lambda r: r["end_to_end"]["mpx_per_s"]),
+        ("s/mm2", "{:>7.1f}", lambda r: r["end_to_end"]["s_per_mm2"]),
+        ("RSS MB", "{:>6.0f}", lambda r: r["end_to_end"]["peak_rss_mb"]),
+        ("CPU %", "{:>5.0f}", lambda r: 100 * r["end_to_end"]["cpu_util"]),
+        ("eff", "{:>5.2f}", lambda r: r["efficiency"]),
+        ("busy", "{:>5.2f}", lambda r: r["stages"]["model_in_run"]["busy_in_run"]),
+        ("bound", "{:>8}", lambda r: r["bottleneck"]),
+    ]
+    rows = [[fmt.format(get(r)) for _, fmt, get in cols] for r in result["runs"]]
+    widths = [
+        max([len(name)] + [len(row[k]) for row in rows]) for k, (name, _, _) in enumerate(cols)
+    ]
+    head = "  ".join(name.rjust(w) for (name, _, _), w in zip(cols, widths, strict=True))
+    lines = [head, "-" * len(head)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append("")
+    lines.append("end-to-end seconds vs tissue area (linear fit):")
+    for key, fit in result["scaling"].items():
+        if fit["slope"] is None:
+            lines.append(f"  {key}: too few points")
+            continue
+        r2 = "n/a" if fit["r2"] is None else f"{fit['r2']:.4f}"
+        lines.append(
+            f"  {key}: {fit['slope']:.1f} s/mm² + {fit['intercept']:.1f} s, R² = {r2} "
+            f"({fit['points']} sizes)"
+        )
+    m = result["machine"]
+    lines.append("")
+    lines.append(
+        f"{m['cpu_model']}, {m['cpus_usable']} CPUs, {m['ram_gb']} GB; load average at start "
+        f"{m['load_average']}, end {m['load_average_end']}; {result['date']}"
+    )
+    lines.append(
+        "t/s: tiles per second; eff: end-to-end tiles/s over model-only tiles/s; busy: share "
+        "of the run the model was computing; bound: the engine stage taking most of the run"
+    )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Four panels: stage throughput, time per stage, scaling fit, efficiency and CPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    labels = [f"{r['size']}\n{r['workers']}w" for r in runs]
+    x = np.arange(len(runs))
+    fig, ax = plt.subplots(2, 2, figsize=(13, 9))
+
+    a = ax[0, 0]
+    series = {
+        "read + decode": [r["stages"]["read"]["tiles_per_s"] for r in runs],
+        "model only": [r["stages"]["model"]["tiles_per_s"] for r in runs],
+        "end to end": [r["end_to_end"]["tiles_per_s"] for r in runs],
+    }
+    width = 0.8 / len(series)
+    for k, (name, vals) in enumerate(series.items()):
+        a.bar(x + (k - 1) * width, vals, width, label=name)
+    a.set_yscale("log")
+    a.set_xticks(x, labels)
+    a.set_ylabel("tiles / s")
+    a.set_title(f"throughput per stage ({result['settings']['tile_size']} px tiles)")
+    a.legend()
+
+    a = ax[0, 1]
+    bottom = np.zeros(len(runs))
+    for key in ENGINE_STAGES:
+        secs = np.array([r["timings"].get(key, 0.0) for r in runs])
+        a.bar(x, secs, 0.6, bottom=bottom, label=key.removesuffix("_s"))
+        bottom += secs
+    a.set_xticks(x, labels)
+    a.set_ylabel("seconds")
+    a.set_title("engine time per stage")
+    a.legend()
+
+    a = ax[1, 0]
+    for key, fit in result["scaling"].items():
+        w = int(key.split("=")[1])
+        pts = [r for r in runs if r["workers"] == w]
+        xs = np.array([r["tissue_area_mm2"] for r in pts])
+        ys = np.array([r["end_to_end"]["seconds"] for r in pts])
+        (line,) = a.plot(xs, ys, "o", label=f"{w} worker(s)")
+        if fit["slope"] is not None:
+            xx = np.linspace(0, xs.max() * 1.05, 20)
+            r2 = "n/a" if fit["r2"] is None else f"{fit['r2']:.3f}"
+            a.plot(
+                xx,
+                fit["slope"] * xx + fit["intercept"],
+                "-",
+                color=line.get_color(),
+                label=f"{fit['slope']:.1f} s/mm² + {fit['intercept']:.1f} s, R²={r2}",
+            )
+    a.set_xlabel("tissue area (mm²)")
+    a.set_ylabel("end-to-end seconds")
+    a.set_title("scaling with tissue area")
+    a.legend()
+
+    a = ax[1, 1]
+    a.plot(x, [r["efficiency"] for r in runs], "o-", label="efficiency (e2e / model-only)")
+    a.plot(x, [r["predict_efficiency"] for r in runs], "s--", label="predict stage / model-only")
+    a.plot(
+        x,
+        [r["stages"]["model_in_run"]["busy_in_run"] for r in runs],
+        "d:",
+        label="model busy (share of the run)",
+    )
+    a.plot(x, [r["end_to_end"]["cpu_util"] for r in runs], "^-", label="CPU utilisation")
+    top = max([1.0] + [r["predict_efficiency"] for r in runs] + [r["efficiency"] for r in runs])
+    a.set_ylim(0, 1.1 * top)
+    a.set_xticks(x, labels)
+    a.set_title("keeping the model busy")
+    a2 = a.twinx()
+    a2.bar(x, [r["end_to_end"]["peak_rss_mb"] for r in runs], 0.4, alpha=0.2, color="grey")
+    a2.set_ylabel("peak RSS (MB, grey bars)")
+    a.legend(loc="lower left")
+
+    m = result["machine"]
+    fig.suptitle(
+        f"wsi-infer benchmark {result['date']}: {result['settings']['backend']} on "
+        f"{result['settings']['device']}, batch {result['settings']['batch_size']}; "
+        f"{m['cpu_model']} ({m['cpus_usable']} CPUs)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(result: dict[str, Any], out_dir: Path, name: str | None = None) -> dict[str, Path]:
+    """Write ``<name>.json``, ``.txt`` and ``.png`` into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if name is None:
+        stamp = datetime.fromisoformat(result["date"]).strftime("%Y%m%dT%H%M%SZ")
+        name = f"bench-{stamp}" + ("-quick" if result["settings"]["quick"] else "")
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("json", "txt", "png")}
+    paths["json"].write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    paths["txt"].write_text(format_table(result) + "\n")
+    plot(result, paths["png"])
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wsi-infer-bench",
+        description="Benchmark wsi-infer stage by stage on realistic synthetic slides.",
+    )
+    p.add_argument("--sizes", type=int, nargs="+", help=f"slide edges in px {DEFAULT_SIZES}")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="dask workers (1 2)")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--model",
+        default="default",
+        help=f"bundled name, checkpoint dir or .onnx; '{RANDOM_MODEL}': a seeded random b0",
+    )
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--slide-mpp", type=float, help="resolution of the slides (the model's)")
+    p.add_argument("--tissue-fraction", type=float, default=0.4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage-seconds", type=float, help="time per stage measurement (8; quick: 1)")
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    p.add_argument("--name", help="results file stem (default bench-<UTC time>)")
+    p.add_argument("--slides-dir", type=Path, default=DEFAULT_SLIDES_DIR, help="slide cache")
+    p.add_argument("--nuclei-dir", type=Path, default=DEFAULT_NUCLEI_DIR, help="H&E patches")
+    p.add_argument("--keep-stores", type=Path, help="keep the result stores in this folder")
+    p.add_argument("--timeout", type=float, help="seconds allowed per run")
+    p.add_argument("--quick", action="store_true", help=f"tiny slides {QUICK_SIZES}, for tests")
+    p.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from wsi_infer.errors import WsiInferError
+
+    args = build_parser().parse_args(argv)
+    if args.child:
+        return _child_main(*args.child)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    stage_seconds = args.stage_seconds or (1.0 if args.quick else 8.0)
+    try:
+        result = run_benchmark(
+            sizes=sizes,
+            workers=args.workers,
+            model=args.model,
+            backend=args.backend,
+            device=args.device,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            slide_mpp=args.slide_mpp,
+            tissue_fraction=args.tissue_fraction,
+            seed=args.seed,
+            stage_seconds=stage_seconds,
+            slides_dir=args.slides_dir,
+            nuclei_dir=args.nuclei_dir,
+            max_groups=4 if args.quick else None,
+            keep_stores=args.keep_stores,
+            timeout=args.timeout,
+            quick=args.quick,
+        )
+    except (WsiInferError, RuntimeError, ValueError, OSError) as exc:
+        print(f"wsi-infer-bench: error: {exc}", file=sys.stderr)
+        return 1
+    paths = save(result, args.out_dir, args.name)
+    print(format_table(result))
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

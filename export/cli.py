@@ -1,0 +1,127 @@
+"""``wsi-infer-export``: export a checkpoint to ONNX (and optionally a TensorRT engine).
+
+Prints the parity report: ONNX Runtime CPU logits vs PyTorch on real tiles
+(``--slide``) or a deterministic random batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
+from wsi_infer.errors import WsiInferError
+
+__all__ = ["build_parser", "main", "read_slide_tiles"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_slide_tiles(slide: str | Path, tile_size: int, n: int = 4) -> NDArray[np.uint8]:
+    """``n`` level-0 RGB tiles ``(n, tile_size, tile_size, 3)`` from the middle of ``slide``."""
+    try:
+        import openslide
+    except ImportError as exc:
+        raise WsiInferError(f"--slide needs openslide-python ({exc})") from exc
+    with openslide.OpenSlide(str(slide)) as osr:
+        width, height = osr.dimensions
+        cols = max(1, min(n, width // tile_size))
+        rows = max(1, -(-n // cols))
+        x0 = max(0, width // 2 - cols * tile_size // 2)
+        y0 = max(0, height // 2 - rows * tile_size // 2)
+        tiles = []
+        for k in range(n):
+            x = x0 + (k % cols) * tile_size
+            y = y0 + (k // cols) * tile_size
+            region = osr.read_region((x, y), 0, (tile_size, tile_size)).convert("RGB")
+            tiles.append(np.asarray(region, dtype=np.uint8))
+    return np.stack(tiles)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wsi-infer-export",
+        description="Export a wsi-infer model to ONNX (and a TensorRT engine), proving parity.",
+    )
+    p.add_argument("model", help="checkpoint directory or bundled model name (e.g. default)")
+    p.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    p.add_argument(
+        "--fp16", action="store_true", help="float16 weights/activations (I/O stay float32)"
+    )
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic)")
+    p.add_argument(
+        "--fixed-size", action="store_true", help="fix height/width at the config's tile size"
+    )
+    p.add_argument("--slide", type=Path, help="read parity-check tiles from this slide (openslide)")
+    p.add_argument("--tiles", type=int, default=4, help="tiles for the parity check (default 4)")
+    p.add_argument("--no-check", action="store_true", help="skip the checker and parity check")
+    p.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="TensorRT profile max batch (default 32)"
+    )
+    p.add_argument(
+        "--opt-batch", type=int, default=8, help="TensorRT profile optimal batch (default 8)"
+    )
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+def _report_lines(report: ExportReport) -> str:
+    return report.summary()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        from wsi_infer.model import load_model
+
+        loaded = load_model(args.model)
+        tiles: Any = None
+        if args.slide is not None:
+            tiles = read_slide_tiles(args.slide, loaded.config.tile_size, args.tiles)
+        report = export_onnx(
+            loaded,
+            args.onnx,
+            fp16=args.fp16,
+            opset=args.opset,
+            batch=args.batch,
+            dynamic_hw=not args.fixed_size,
+            tiles=tiles,
+            check=not args.no_check,
+        )
+        sys.stdout.write(_report_lines(report) + "\n")
+        if args.tensorrt is not None:
+            from export.tensorrt_build import build_tensorrt_engine
+
+            engine = build_tensorrt_engine(
+                args.onnx,
+                args.tensorrt,
+                fp16=True,
+                opt_batch=min(args.opt_batch, args.max_batch),
+                max_batch=args.max_batch,
+                timing_cache=args.timing_cache,
+            )
+            sys.stdout.write(f"engine       {engine}\n")
+    except (WsiInferError, ValueError, OSError) as exc:
+        sys.stderr.write(f"wsi-infer-export: error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

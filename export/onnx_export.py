@@ -1,0 +1,518 @@
+"""Export a :class:`~wsi_infer.model.NucleusSegFormer` to ONNX with its contract; check parity.
+
+The ONNX file carries the model's :class:`~wsi_infer.config.ModelConfig` in its
+``metadata_props`` (key :data:`META_CONFIG`), so the file alone is enough to
+run it.  Every export is checked the way timm's ``check_forward`` checks a
+model: ONNX Runtime (CPU) runs the written file on real tiles, or on a
+deterministic random batch when none are given, and its logits are compared
+with PyTorch's.  A file that fails the check is never moved into place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from export.cache import resolve_cache_dir, sha256_file
+from wsi_infer.config import ModelConfig
+from wsi_infer.errors import BackendUnavailableError, CheckpointError, WsiInferError
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from wsi_infer.model import NucleusSegFormer
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "META_CONFIG",
+    "META_PRECISION",
+    "META_SOURCE_SHA256",
+    "OUTPUT_NAME",
+    "TOLERANCES",
+    "ExportReport",
+    "OnnxContract",
+    "ParityError",
+    "cached_onnx",
+    "convert_to_fp16",
+    "export_onnx",
+    "normalise_tiles",
+    "random_tiles",
+    "read_onnx_contract",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ONNX metadata keys.
+META_CONFIG = "wsi_infer.config"
+META_SOURCE_SHA256 = "wsi_infer.source_sha256"
+META_PRECISION = "wsi_infer.precision"
+META_FORMAT = "wsi_infer.format"
+#: Bumped when the graph's I/O contract changes (names, layout, meaning of channels).
+FORMAT_VERSION = "1"
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+
+#: Parity bound per precision: ``max|onnx - torch| <= atol + rtol * max|torch|``.
+#: fp32 measured ~1e-7 on a random b0; fp16 weights and activations measured
+#: ~2e-4 on random b0 logits of magnitude ~0.5 (see the report); the bound
+#: leaves room for trained models' larger logits.
+TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-3, 1e-4), "fp16": (2e-2, 1e-2)}
+
+ONNX_HINT = "pip install 'wsi-infer[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+class ParityError(WsiInferError, ValueError):
+    """The exported model's output differs from PyTorch's beyond the stated bound."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote and how closely it matches PyTorch."""
+
+    onnx_path: Path
+    sha256: str
+    source_sha256: str
+    precision: str
+    opset: int
+    dynamic_batch: bool
+    dynamic_hw: bool
+    tiles_source: str
+    tile_shape: tuple[int, ...]
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    max_abs_ref: float | None
+    tolerance: float | None
+    export_seconds: float
+    config: ModelConfig = field(repr=False)
+
+    @property
+    def checked(self) -> bool:
+        return self.max_abs_diff is not None
+
+    def summary(self) -> str:
+        lines = [
+            f"wrote        {self.onnx_path} ({self.precision}, opset {self.opset}, "
+            f"{self.onnx_path.stat().st_size / 1e6:.1f} MB, {self.export_seconds:.1f} s)",
+            f"sha256       {self.sha256}",
+            f"source       {self.source_sha256 or 'unknown'}",
+            f"dynamic axes batch={self.dynamic_batch} height/width={self.dynamic_hw}",
+        ]
+        if self.checked:
+            lines.append(
+                f"parity       onnxruntime CPU vs torch on {self.tiles_source} "
+                f"{list(self.tile_shape)}: max |diff| {self.max_abs_diff:.3g}, "
+                f"mean {self.mean_abs_diff:.3g}, max |logit| {self.max_abs_ref:.3g}, "
+                f"bound {self.tolerance:.3g}: ok"
+            )
+        else:
+            lines.append("parity       not checked")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class OnnxContract:
+    """The wsi-infer metadata of an exported file."""
+
+    config: ModelConfig
+    source_sha256: str
+    precision: str
+
+
+def _require(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"ONNX export needs the {module.split('.')[0]!r} package ({exc}); {ONNX_HINT}"
+        ) from exc
+
+
+def _resolve_model(model: Any) -> tuple[NucleusSegFormer, str, str]:
+    """(module in eval mode, source sha256 or "", human-readable source)."""
+    from wsi_infer.model import LoadedModel, NucleusSegFormer, load_model
+
+    if isinstance(model, NucleusSegFormer):
+        return model.eval(), "", type(model).__name__
+    if isinstance(model, LoadedModel):
+        return model.module.eval(), model.sha256, model.source
+    if isinstance(model, (str, Path)):
+        loaded = load_model(model)
+        return loaded.module.eval(), loaded.sha256, loaded.source
+    raise TypeError(f"cannot export {type(model).__name__}; pass a checkpoint or NucleusSegFormer")
+
+
+def normalise_tiles(tiles: NDArray[Any], config: ModelConfig) -> NDArray[np.float32]:
+    """Tiles as the model takes them.
+
+    ``uint8`` RGB tiles ``(N, H, W, 3)`` are scaled to [0, 1] and normalised
+    with the config's mean/std; floating tiles ``(N, 3, H, W)`` are taken as
+    already normalised.
+    """
+    arr = np.asarray(tiles)
+    if arr.dtype == np.uint8:
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"uint8 tiles must be (N, H, W, 3) RGB, got {arr.shape}")
+        mean = np.asarray(config.mean, np.float32)
+        std = np.asarray(config.std, np.float32)
+        x = (arr.astype(np.float32) / 255.0 - mean) / std
+        out: NDArray[np.float32] = np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
+    else:
+        if arr.ndim != 4 or arr.shape[1] != 3:
+            raise ValueError(f"float tiles must be normalised (N, 3, H, W), got {arr.shape}")
+        out = np.ascontiguousarray(arr, np.float32)
+    if out.shape[2] % 32 or out.shape[3] % 32:
+        raise ValueError(f"tile height and width must be multiples of 32, got {out.shape[2:]}")
+    return out
+
+
+def random_tiles(
+    config: ModelConfig, n: int = 2, size: int | None = None, seed: int = 0
+) -> NDArray[np.uint8]:
+    """A deterministic batch of random RGB tiles ``(n, size, size, 3)`` (size: the config's)."""
+    edge = size or config.tile_size
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, edge, edge, 3), dtype=np.uint8)
+
+
+def _rename_dims(proto: onnx.ModelProto, dynamic_batch: bool, dynamic_hw: bool) -> None:
+    """Name the symbolic input dims ``batch``/``height``/``width`` everywhere in the graph."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    wanted = {0: "batch"} if dynamic_batch else {}
+    if dynamic_hw:
+        wanted.update({2: "height", 3: "width"})
+    mapping = {dims[i].dim_param: name for i, name in wanted.items() if dims[i].dim_param}
+    if not mapping:
+        return
+    values = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    for value in values:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+
+
+def _dynamic_axes(proto: onnx.ModelProto) -> tuple[bool, bool]:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    sym = [not d.HasField("dim_value") for d in dims]
+    return sym[0], sym[2] and sym[3]
+
+
+def convert_to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights and activations to float16, inputs and outputs kept float32."""
+    _require("onnxruntime")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(proto, keep_io_types=True)
+    # the converter appends Cast nodes out of topological order; the checker refuses that
+    ir = _require("onnx_ir")
+    model_ir = ir.from_proto(half)
+    model_ir.graph.sort()
+    sorted_proto: onnx.ModelProto = ir.to_proto(model_ir)
+    return sorted_proto
+
+
+def _torch_export(
+    module: NucleusSegFormer,
+    example: torch.Tensor,
+    opset: int,
+    dynamic_batch: bool,
+    dynamic_hw: bool,
+) -> onnx.ModelProto:
+    import torch
+
+    spec: dict[int, Any] = {}
+    if dynamic_batch:
+        spec[0] = torch.export.Dim("batch", min=1, max=4096)
+    if dynamic_hw:
+        spec[2] = torch.export.Dim.AUTO
+        spec[3] = torch.export.Dim.AUTO
+    with warnings.catch_warnings():
+        # deprecation chatter from torch.export internals, not actionable here
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={"x": spec} if spec else None,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover - only when torch writes to a path itself
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto: onnx.ModelProto = program.model_proto
+    return proto
+
+
+def _set_metadata(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
+    keep = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in entries.items():
+        prop = proto.metadata_props.add()
+        prop.key = key
+        prop.value = value
+
+
+def _ort_session(path: Path, threads: int | None = None) -> Any:
+    ort = _require("onnxruntime")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    model: Any,
+    out_path: str | Path,
+    *,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    dynamic_hw: bool = True,
+    tiles: NDArray[Any] | None = None,
+    check: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> ExportReport:
+    """Export ``model`` to ``out_path`` and prove it matches PyTorch.
+
+    ``model``: a checkpoint directory, a bundled model's name, a
+    :class:`~wsi_infer.model.LoadedModel` or a :class:`NucleusSegFormer`.
+    ``batch``: ``None`` exports a dynamic batch axis, an int fixes it.
+    ``dynamic_hw``: export dynamic height/width (any multiple of 32); else the
+    config's ``tile_size`` is fixed.  ``fp16``: float16 weights and
+    activations, float32 inputs/outputs.  ``tiles``: uint8 RGB ``(N, H, W, 3)``
+    or normalised float ``(N, 3, H, W)`` for the parity check; a deterministic
+    random batch when ``None``.  ``check``: run ``onnx.checker`` and the parity
+    check (raises :class:`ParityError` beyond ``atol + rtol * max|logit|``,
+    defaults from :data:`TOLERANCES`).
+    """
+    onnx = _require("onnx")
+    _require("onnxscript")
+    import torch
+
+    module, source_sha256, source = _resolve_model(model)
+    config: ModelConfig = module.config
+    precision = "fp16" if fp16 else "fp32"
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    dynamic_batch = batch is None
+    example_batch = 2 if batch is None else batch  # 1 would be specialised away
+    edge = config.tile_size
+    # height != width so the tracer cannot tie the two together
+    hw = (edge, edge + 32) if dynamic_hw else (edge, edge)
+    example = torch.from_numpy(normalise_tiles(_example_rgb(example_batch, hw), config))
+
+    started = time.perf_counter()
+    logger.info("exporting %s to ONNX opset %d (%s)", source, opset, precision)
+    proto = _torch_export(module, example, opset, dynamic_batch, dynamic_hw)
+    got_batch, got_hw = _dynamic_axes(proto)
+    if dynamic_hw and not got_hw:
+        logger.warning(
+            "height/width were specialised by the exporter; the model is fixed at %s", hw
+        )
+    if dynamic_batch and not got_batch:
+        logger.warning("the batch axis was specialised by the exporter")
+    _rename_dims(proto, got_batch, got_hw)
+    if fp16:
+        proto = convert_to_fp16(proto)
+    _set_metadata(
+        proto,
+        {
+            META_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
+            META_SOURCE_SHA256: source_sha256,
+            META_PRECISION: precision,
+            META_FORMAT: FORMAT_VERSION,
+            "wsi_infer.exporter": f"torch {torch.__version__}",
+        },
+    )
+    proto.doc_string = (
+        f"wsi-infer nucleus model {config.name} v{config.version} ({config.arch}, {precision}); "
+        f"input {INPUT_NAME} float32 (B,3,H,W) normalised; output {OUTPUT_NAME} float32 "
+        f"(B,{config.out_channels},H,W)"
+    )
+
+    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        onnx.save_model(proto, str(tmp))
+        export_seconds = time.perf_counter() - started
+        stats: tuple[float, float, float, float] | None = None
+        parity_tiles: NDArray[np.float32] | None = None
+        tiles_source = "none"
+        if check:
+            onnx.checker.check_model(str(tmp), full_check=True)
+            tiles_source = "given tiles" if tiles is not None else "random tiles"
+            raw = tiles if tiles is not None else random_tiles(config, example_batch, seed=0)
+            parity_tiles = normalise_tiles(raw, config)
+            if not got_hw and parity_tiles.shape[2:] != hw:
+                raise ValueError(
+                    f"tiles are {parity_tiles.shape[2:]} but the model is fixed at {hw}"
+                )
+            stats = _parity(module, tmp, parity_tiles, batch, precision, atol, rtol)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    report = ExportReport(
+        onnx_path=out,
+        sha256=sha256_file(out),
+        source_sha256=source_sha256,
+        precision=precision,
+        opset=opset,
+        dynamic_batch=got_batch,
+        dynamic_hw=got_hw,
+        tiles_source=tiles_source,
+        tile_shape=tuple(parity_tiles.shape) if parity_tiles is not None else (),
+        max_abs_diff=stats[0] if stats else None,
+        mean_abs_diff=stats[1] if stats else None,
+        max_abs_ref=stats[2] if stats else None,
+        tolerance=stats[3] if stats else None,
+        export_seconds=export_seconds,
+        config=config,
+    )
+    logger.info("exported %s", report.summary().replace("\n", "; "))
+    return report
+
+
+def _example_rgb(n: int, hw: tuple[int, int]) -> NDArray[np.uint8]:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, size=(n, hw[0], hw[1], 3), dtype=np.uint8)
+
+
+def _parity(
+    module: NucleusSegFormer,
+    path: Path,
+    tiles: NDArray[np.float32],
+    batch: int | None,
+    precision: str,
+    atol: float | None,
+    rtol: float | None,
+) -> tuple[float, float, float, float]:
+    """(max |diff|, mean |diff|, max |ref|, bound); raises ParityError beyond the bound."""
+    import torch
+
+    session = _ort_session(path)
+    step = batch or len(tiles)
+    max_diff = 0.0
+    sum_diff = 0.0
+    count = 0
+    max_ref = 0.0
+    for i in range(0, len(tiles), step):
+        chunk = tiles[i : i + step]
+        if batch is not None and len(chunk) != batch:
+            break  # a fixed-batch model cannot take the remainder
+        with torch.inference_mode():
+            ref = module(torch.from_numpy(chunk)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0]
+        if got.shape != ref.shape:
+            raise ParityError(f"{path}: ONNX output shape {got.shape} != torch {ref.shape}")
+        diff = np.abs(got.astype(np.float64) - ref)
+        if not np.isfinite(diff).all():
+            raise ParityError(f"{path}: ONNX output has non-finite values")
+        max_diff = max(max_diff, float(diff.max()))
+        sum_diff += float(diff.sum())
+        count += diff.size
+        max_ref = max(max_ref, float(np.abs(ref).max()))
+    if count == 0:
+        raise ValueError(f"parity check needs at least {batch} tiles for a fixed-batch export")
+    a, r = TOLERANCES[precision]
+    bound = (atol if atol is not None else a) + (rtol if rtol is not None else r) * max_ref
+    mean_diff = sum_diff / count
+    if max_diff > bound:
+        raise ParityError(
+            f"{path}: {precision} ONNX logits differ from torch by {max_diff:.3g} "
+            f"(mean {mean_diff:.3g}, max |logit| {max_ref:.3g}), beyond the bound {bound:.3g}"
+        )
+    return max_diff, mean_diff, max_ref, bound
+
+
+def read_onnx_contract(path_or_metadata: str | Path | dict[str, str]) -> OnnxContract:
+    """The wsi-infer contract stored in an ONNX file (or its metadata map)."""
+    if isinstance(path_or_metadata, dict):
+        meta = path_or_metadata
+        where = "ONNX metadata"
+    else:
+        onnx = _require("onnx")
+        where = str(path_or_metadata)
+        try:
+            proto = onnx.load_model(where, load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError, OSError...
+            raise CheckpointError(f"{where}: cannot read ONNX model ({exc})") from exc
+        meta = {p.key: p.value for p in proto.metadata_props}
+    if META_CONFIG not in meta:
+        raise CheckpointError(
+            f"{where}: no {META_CONFIG!r} metadata; export it with wsi-infer-export"
+        )
+    try:
+        data = json.loads(meta[META_CONFIG])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{where}: {META_CONFIG!r} is not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: {META_CONFIG!r} must be a JSON object")
+    fmt = meta.get(META_FORMAT, FORMAT_VERSION)
+    if fmt != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: export format {fmt} is not {FORMAT_VERSION}; "
+            "re-export it with this wsi-infer"
+        )
+    return OnnxContract(
+        config=ModelConfig.from_dict(data),
+        source_sha256=meta.get(META_SOURCE_SHA256, ""),
+        precision=meta.get(META_PRECISION, "fp32"),
+    )
+
+
+def cached_onnx(
+    model: str | Path,
+    *,
+    fp16: bool = False,
+    cache_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """An ONNX export of checkpoint ``model``, made once and kept in the cache.
+
+    The file is keyed by the checkpoint's weights sha256, its config and the
+    precision, so an edited config.json or new weights give a new export.
+    """
+    import hashlib
+
+    from wsi_infer.model import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(model)
+    weights_sha = sha256_file(ckpt / WEIGHTS_FILE)
+    config = ModelConfig.from_json(ckpt / CONFIG_FILE)
+    config_sha = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    precision = "fp16" if fp16 else "fp32"
+    name = f"{weights_sha[:20]}-{config_sha[:8]}-{precision}-opset{opset}.onnx"
+    path = resolve_cache_dir(cache_dir, "onnx") / name
+    if path.is_file():
+        logger.info("using cached ONNX export %s", path)
+        return path
+    logger.info("no cached ONNX export of %s; exporting to %s", ckpt, path)
+    export_onnx(ckpt, path, fp16=fp16, opset=opset, check=True)
+    return path

@@ -1,0 +1,211 @@
+"""The benchmark tools: the synthetic slide generator and a quick run of the benchmark.
+
+Nothing here asserts a speed: only that the slide is what the benchmark claims and
+that every measurement comes out finite and positive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ lives beside the package, not inside it
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import bench  # noqa: E402
+from benchmarks.make_slide import (  # noqa: E402
+    PatchBank,
+    SlideSpec,
+    level_shapes,
+    load_patch_bank,
+    make_slide,
+    read_sidecar,
+)
+
+
+@pytest.fixture(scope="module")
+def bank(shared: Path) -> PatchBank:
+    return load_patch_bank(shared / "nuclei", max_groups=6)
+
+
+def _tissue_pixels(rgb: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Stained pixels: saturated and not bright (glass is near-white and grey)."""
+    img = rgb.astype(np.float32)
+    mx, mn = img.max(axis=2), img.min(axis=2)
+    sat = (mx - mn) / np.maximum(mx, 1.0)
+    return (sat > 0.08) & (img.mean(axis=2) < 235)
+
+
+def test_level_shapes() -> None:
+    assert level_shapes(1024, 1024) == [(1024, 1024), (256, 256)]
+    assert level_shapes(100_000, 60_000) == [
+        (100_000, 60_000),
+        (25_000, 15_000),
+        (6250, 3750),
+        (1563, 938),
+        (391, 235),
+    ]
+    assert level_shapes(1000, 1000, downsample=2) == [(1000, 1000), (500, 500)]
+    assert level_shapes(100, 80) == [(100, 80)]
+
+
+def test_generated_slide_is_a_real_pyramidal_tiff(tmp_path: Path, bank: PatchBank) -> None:
+    import openslide
+    import tifffile
+
+    from wsi_infer.reader import open_slide
+
+    spec = SlideSpec(width=1024, height=1024, mpp=0.25, seed=3)
+    path = make_slide(tmp_path / "s.tif", spec, bank).path
+    info = read_sidecar(Path(path))
+    assert info is not None and info.spec["seed"] == 3
+
+    with openslide.OpenSlide(path) as osr:
+        assert osr.properties["openslide.vendor"] == "generic-tiff"
+        assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+        assert float(osr.properties["openslide.mpp-y"]) == pytest.approx(0.25)
+        assert osr.level_dimensions == ((1024, 1024), (256, 256))
+        assert osr.level_downsamples == pytest.approx((1.0, 4.0))
+        level0 = np.asarray(osr.read_region((0, 0), 0, (1024, 1024)))[..., :3]
+        level1 = np.asarray(osr.read_region((0, 0), 1, (256, 256)))[..., :3]
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            assert page.is_tiled and (page.tilelength, page.tilewidth) == (256, 256)  # type: ignore[union-attr]
+            assert page.compression == tifffile.COMPRESSION.JPEG
+    with open_slide(path) as slide:
+        assert slide.backend == "openslide" and slide.mpp == pytest.approx(0.25)
+
+    # Tissue covers 30-50 % (the generator's own count and the pixels agree); glass is near-white.
+    assert 0.25 <= info.tissue_fraction <= 0.55
+    tissue = _tissue_pixels(level0)
+    assert abs(tissue.mean() - info.tissue_fraction) < 0.12
+    glass = level0[~tissue]
+    assert np.median(glass) > 230 and glass.std() < 12
+    # Stained tissue: H&E is pink/purple, so red and blue exceed green.
+    stained = level0[tissue].astype(float).mean(axis=0)
+    assert stained[0] > stained[1] and stained[2] > stained[1]
+    # The 4x level is the level-0 image, smaller.
+    small = level0.reshape(256, 4, 256, 4, 3).mean(axis=(1, 3))
+    assert np.abs(small - level1).mean() < 6
+
+
+def test_generation_is_deterministic(tmp_path: Path, bank: PatchBank) -> None:
+    import tifffile
+
+    spec = SlideSpec(width=700, height=500, mpp=1.0, seed=7, tissue_fraction=0.35)
+    a = tifffile.imread(make_slide(tmp_path / "a.tif", spec, bank).path)
+    b = tifffile.imread(make_slide(tmp_path / "b.tif", spec, bank).path)
+    assert a.shape == (500, 700, 3)
+    np.testing.assert_array_equal(a, b)
+    c = tifffile.imread(make_slide(tmp_path / "c.tif", SlideSpec(700, 500, 1.0, seed=8), bank).path)
+    assert not np.array_equal(a, c)
+
+
+def test_engine_finds_the_tissue(tmp_path: Path, bank: PatchBank) -> None:
+    from wsi_infer.reader import open_slide
+    from wsi_infer.tissue import detect_tissue, read_thumbnail
+
+    spec = SlideSpec(width=2048, height=2048, mpp=1.0, seed=1, tissue_fraction=0.4)
+    info = make_slide(tmp_path / "t.tif", spec, bank)
+    with open_slide(info.path) as slide:
+        mask = detect_tissue(read_thumbnail(slide, 1.0, 8.0), 8.0)
+    # dilated by 32 µm and blurred at 8 µm/px: somewhat more than the true 40 %
+    assert 0.3 <= mask.mean() <= 0.7
+
+
+def test_fit_line() -> None:
+    fit = bench.fit_line([1, 2, 3, 4], [3, 5, 7, 9])
+    assert fit["slope"] == pytest.approx(2) and fit["intercept"] == pytest.approx(1)
+    assert fit["r2"] == pytest.approx(1)
+    noisy = bench.fit_line([1, 2, 3, 4], [3, 6, 6, 9])
+    assert noisy["r2"] is not None and 0 < noisy["r2"] < 1
+    assert bench.fit_line([5], [1])["r2"] is None
+
+
+def _numbers(tree: Any, path: str = "") -> list[tuple[str, float]]:
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in _numbers(v, f"{path}.{k}")]
+    if isinstance(tree, bool) or not isinstance(tree, int | float):
+        return []
+    return [(path, float(tree))]
+
+
+@pytest.mark.slow
+def test_quick_benchmark(tmp_path: Path, tiny_model: Path, shared: Path) -> None:
+    out = tmp_path / "results"
+    code = bench.main(
+        [
+            "--quick",
+            "--model",
+            str(tiny_model),
+            "--tile-size",
+            "256",
+            "--batch-size",
+            "2",
+            "--stage-seconds",
+            "0.3",
+            "--slides-dir",
+            str(tmp_path / "slides"),
+            "--nuclei-dir",
+            str(shared / "nuclei"),
+            "--out-dir",
+            str(out),
+            "--name",
+            "quick",
+        ]
+    )
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"quick.json", "quick.txt", "quick.png"}
+    result = json.loads((out / "quick.json").read_text())
+    assert result["schema"] == bench.SCHEMA
+    assert result["date"] and result["versions"]["wsi-infer"] and result["versions"]["torch"]
+    machine = result["machine"]
+    assert machine["cpu_model"] and machine["cpu_count"] >= 1 and machine["ram_gb"] > 0
+    assert result["settings"]["slide_mpp"] == 1.0  # the tiny model's: no resampling
+
+    runs = result["runs"]
+    assert [(r["size"], r["workers"]) for r in runs] == [
+        (s, w) for s in bench.QUICK_SIZES for w in (1, 2)
+    ]
+    required = [
+        "stages.read.tiles_per_s",
+        "stages.tissue.seconds",
+        "stages.model.tiles_per_s",
+        "stages.model_in_run.busy_in_run",
+        "stages.postprocess.mpx_per_s",
+        "stages.write.mb_per_s",
+        "end_to_end.tiles_per_s",
+        "end_to_end.mpx_per_s",
+        "end_to_end.s_per_mm2",
+        "end_to_end.peak_rss_mb",
+        "end_to_end.cpu_util",
+        "efficiency",
+        "tissue_area_mm2",
+    ]
+    for run in runs:
+        measured = ("stages", "end_to_end", "timings", "per_tile_s", "time_share")
+        numbers = dict(_numbers({k: v for k, v in run.items() if k in measured}))
+        numbers.update(_numbers({k: run[k] for k in ("efficiency", "predict_efficiency")}))
+        numbers.update(_numbers({k: run[k] for k in ("tissue_area_mm2", "grid_mpx", "tiles")}))
+        for key in required:
+            assert f".{key}" in numbers, key
+        for key, value in numbers.items():
+            assert math.isfinite(value), key
+            if ".cpu_cores_busy_by_stage." not in key:
+                assert value > 0, key
+        assert run["tiles"] >= 1 and run["bottleneck"] in ("tissue", "predict", "segment", "write")
+        assert 0.25 <= run["slide_info"]["tissue_fraction"] <= 0.55
+    for w in (1, 2):
+        fit = result["scaling"][f"workers={w}"]
+        assert fit["points"] == len(bench.QUICK_SIZES)
+        assert math.isfinite(fit["slope"]) and math.isfinite(fit["intercept"])
+        assert fit["r2"] is None or math.isfinite(fit["r2"])
+    table = (out / "quick.txt").read_text()
+    assert "model t/s" in table and "R²" in table

@@ -1,0 +1,221 @@
+"""ONNX export: checker, embedded contract, parity with PyTorch on real H&E tiles, dynamic axes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import torch  # noqa: E402
+
+from export import (  # noqa: E402
+    TOLERANCES,
+    ExportReport,
+    ParityError,
+    build_tensorrt_engine,
+    export_onnx,
+    read_onnx_contract,
+)
+from export.cli import main as export_main  # noqa: E402
+from export.cli import read_slide_tiles  # noqa: E402
+from export.onnx_export import _parity, normalise_tiles  # noqa: E402
+from wsi_infer.config import ModelConfig  # noqa: E402
+from wsi_infer.errors import BackendUnavailableError, CheckpointError  # noqa: E402
+from wsi_infer.model import NucleusSegFormer, file_sha256, load_model, save_checkpoint  # noqa: E402
+
+CONFIG = ModelConfig(stem_channels=4)
+
+
+def _slide() -> Path:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+    for candidate in (
+        shared / "CMU-1-Small-Region.svs",
+        Path(__file__).resolve().parents[1] / "wsi_infer" / "data" / "CMU-1-Small-Region.svs",
+    ):
+        if candidate.is_file():
+            return candidate
+    pytest.skip("CMU-1-Small-Region.svs not found (shared data or bundled)")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(NucleusSegFormer(CONFIG), tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def he_tiles() -> np.ndarray:
+    """Three real H&E tiles, uint8 RGB (3, 256, 256, 3)."""
+    pytest.importorskip("openslide")
+    tiles = read_slide_tiles(_slide(), 256, 3)
+    assert tiles.shape == (3, 256, 256, 3) and tiles.dtype == np.uint8
+    assert 60 < tiles.mean() < 240 and tiles.std() > 10  # tissue, not blank glass
+    return tiles
+
+
+@pytest.fixture(scope="module")
+def fp32(
+    checkpoint: Path, he_tiles: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> ExportReport:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return export_onnx(checkpoint, out, tiles=he_tiles)
+
+
+@pytest.fixture(scope="module")
+def fp16(
+    checkpoint: Path, he_tiles: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> ExportReport:
+    out = tmp_path_factory.mktemp("onnx16") / "model-fp16.onnx"
+    return export_onnx(checkpoint, out, fp16=True, tiles=he_tiles)
+
+
+_MODULES: dict[Path, NucleusSegFormer] = {}
+
+
+def _torch_logits(checkpoint: Path, x: np.ndarray) -> np.ndarray:
+    if checkpoint not in _MODULES:
+        _MODULES[checkpoint] = load_model(checkpoint).module
+    module = _MODULES[checkpoint]
+    with torch.inference_mode():
+        out: np.ndarray = module(torch.from_numpy(x)).numpy()
+    return out
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out: np.ndarray = sess.run(None, {"input": x})[0]
+    return out
+
+
+def test_export_passes_checker_with_named_dynamic_axes(fp32: ExportReport) -> None:
+    onnx.checker.check_model(str(fp32.onnx_path), full_check=True)
+    model = onnx.load(str(fp32.onnx_path))
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert (inp.name, out.name) == ("input", "logits")
+
+    def dims(v: object) -> list[object]:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # type: ignore[attr-defined]
+
+    assert dims(inp) == ["batch", 3, "height", "width"]
+    assert dims(out) == ["batch", CONFIG.out_channels, "height", "width"]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert fp32.dynamic_batch and fp32.dynamic_hw
+    assert fp32.sha256 == file_sha256(fp32.onnx_path)
+    assert "parity" in fp32.summary() and "given tiles" in fp32.summary()
+
+
+def test_metadata_round_trip(fp32: ExportReport, checkpoint: Path) -> None:
+    contract = read_onnx_contract(fp32.onnx_path)
+    original = load_model(checkpoint).config
+    assert contract.config == original
+    assert contract.config.to_dict() == original.to_dict()
+    assert contract.source_sha256 == file_sha256(checkpoint / "model.safetensors")
+    assert contract.precision == "fp32"
+    # onnxruntime exposes the same map: the file alone is enough to run
+    sess = ort.InferenceSession(str(fp32.onnx_path), providers=["CPUExecutionProvider"])
+    assert read_onnx_contract(sess.get_modelmeta().custom_metadata_map).config == original
+
+
+def test_fp32_parity_on_real_tiles(
+    fp32: ExportReport, checkpoint: Path, he_tiles: np.ndarray
+) -> None:
+    x = normalise_tiles(he_tiles, CONFIG)
+    ref = _torch_logits(checkpoint, x)
+    got = _run(fp32.onnx_path, x)
+    assert got.dtype == np.float32 and got.shape == ref.shape == (3, CONFIG.out_channels, 256, 256)
+    diff = float(np.abs(got - ref).max())
+    assert diff < 1e-3
+    assert fp32.max_abs_diff is not None and fp32.max_abs_diff < 1e-3
+    assert fp32.max_abs_diff == pytest.approx(diff, rel=1e-3, abs=1e-7)
+
+
+def test_fp16_parity_on_real_tiles(
+    fp16: ExportReport, checkpoint: Path, he_tiles: np.ndarray
+) -> None:
+    model = onnx.load(str(fp16.onnx_path))
+    half = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(half) > 20  # the weights really are float16
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert read_onnx_contract(fp16.onnx_path).precision == "fp16"
+
+    x = normalise_tiles(he_tiles, CONFIG)
+    ref = _torch_logits(checkpoint, x)
+    got = _run(fp16.onnx_path, x)
+    assert got.dtype == np.float32
+    diff = float(np.abs(got - ref).max())
+    atol, rtol = TOLERANCES["fp16"]
+    assert 0 < diff <= atol + rtol * float(np.abs(ref).max())
+    assert fp16.max_abs_diff is not None and fp16.tolerance is not None
+    assert fp16.max_abs_diff <= fp16.tolerance
+
+
+def test_fp16_file_is_smaller(fp16: ExportReport, fp32: ExportReport) -> None:
+    assert fp16.onnx_path.stat().st_size < 0.7 * fp32.onnx_path.stat().st_size
+
+
+@pytest.mark.parametrize(("batch", "h", "w"), [(1, 256, 256), (3, 256, 256), (2, 64, 96)])
+def test_dynamic_batch_and_size(
+    fp32: ExportReport, checkpoint: Path, batch: int, h: int, w: int
+) -> None:
+    x = np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32)
+    got = _run(fp32.onnx_path, x)
+    assert got.shape == (batch, CONFIG.out_channels, h, w)
+    assert float(np.abs(got - _torch_logits(checkpoint, x)).max()) < 1e-3
+
+
+def test_parity_check_catches_a_different_model(fp32: ExportReport) -> None:
+    torch.manual_seed(1)
+    other = NucleusSegFormer(CONFIG).eval()
+    x = normalise_tiles(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8), CONFIG)
+    with pytest.raises(ParityError, match="beyond the bound"):
+        _parity(other, fp32.onnx_path, x, None, "fp32", None, None)
+
+
+def test_contract_missing_is_a_checkpoint_error(tmp_path: Path) -> None:
+    node = onnx.helper.make_node("Identity", ["input"], ["logits"])
+    io = [
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 3, 32, 32])
+        for n in ("input", "logits")
+    ]
+    graph = onnx.helper.make_graph([node], "g", [io[0]], [io[1]])
+    path = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    with pytest.raises(CheckpointError, match=r"wsi_infer\.config"):
+        read_onnx_contract(path)
+    with pytest.raises(CheckpointError, match="cannot read ONNX"):
+        read_onnx_contract(tmp_path / "missing.onnx")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt installed")
+def test_tensorrt_build_without_tensorrt_gives_install_hint(
+    fp32: ExportReport, tmp_path: Path
+) -> None:
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'wsi-infer\[gpu\]'"):
+        build_tensorrt_engine(fp32.onnx_path, tmp_path / "m.engine", cache_dir=tmp_path)
+    assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.slow
+def test_cli_exports_and_prints_parity(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openslide")
+    out = tmp_path / "cli.onnx"
+    args = [str(checkpoint), "--onnx", str(out), "--slide", str(_slide()), "--tiles", "2"]
+    if importlib.util.find_spec("tensorrt") is None:
+        args += ["--tensorrt", str(tmp_path / "cli.engine")]
+    rc = export_main(args)
+    captured = capsys.readouterr()
+    assert "parity" in captured.out and "given tiles [2, 3, 256, 256]" in captured.out
+    assert read_onnx_contract(out).config == CONFIG
+    if "--tensorrt" in args:  # no tensorrt here: a clean error with the hint, not a traceback
+        assert rc == 2 and "pip install" in captured.err
+    else:
+        assert rc == 0

@@ -1,0 +1,172 @@
+"""A few training steps and evaluation, end to end, on a real (tiny) PanNuke fold."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.baseline import segment_classical
+from training.cli import eval_main, train_main
+from training.data import FolderSource
+from training.metrics import get_fast_pq
+from wsi_infer.model import load_model
+
+
+@pytest.fixture(scope="module")
+def fold3(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pannuke-train")
+    subprocess.run(
+        [
+            sys.executable,
+            str(shared / "make_pannuke_fold.py"),
+            str(shared / "nuclei" / "consep" / "test"),
+            str(out),
+            "--fold",
+            "3",
+            "--limit",
+            "8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+TINY = [
+    "--arch",
+    "b0",
+    "--stem-channels",
+    "4",
+    "--crop",
+    "64",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+    "--val-limit",
+    "2",
+]
+
+
+def test_train_resume_and_evaluate_end_to_end(
+    fold3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, export = tmp_path / "run", tmp_path / "export"
+    args = [
+        "--pannuke",
+        str(fold3),
+        "--train-folds",
+        "3",
+        "--val-fold",
+        "3",
+        *TINY,
+        "--out",
+        str(out),
+        "--export",
+        str(export),
+    ]
+    assert train_main([*args, "--epochs", "1"]) == 0  # 8 patches / batch 4: 2 steps
+    for name in (
+        "best/model.safetensors",
+        "best/config.json",
+        "last/model.safetensors",
+        "state.pt",
+        "curves.png",
+        "metrics.jsonl",
+        "result.json",
+    ):
+        assert (out / name).is_file(), name
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and math.isfinite(records[-1]["train_loss"])
+    assert "bPQ" in records[-1]["val"]
+    # The exported copy is float16 and loads back through the engine's loader.
+    from safetensors.torch import load_file
+
+    assert {
+        str(v.dtype)
+        for v in load_file(str(export / "model.safetensors")).values()
+        if v.is_floating_point()
+    } == {"torch.float16"}
+    loaded = load_model(export)
+    assert loaded.config.stem_channels == 4
+    assert loaded.config.extra["train_data"] == ["pannuke/fold3"]
+
+    # Resume continues the epoch and step count instead of starting over.
+    assert train_main([*args, "--epochs", "2", "--resume"]) == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in records] == [(0, 2), (1, 4)]
+
+    capsys.readouterr()
+    report_file = tmp_path / "report.json"
+    assert (
+        eval_main(
+            [
+                str(out / "best"),
+                "--pannuke",
+                str(fold3),
+                "--fold",
+                "3",
+                "--limit",
+                "2",
+                "--out",
+                str(report_file),
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(report_file.read_text())
+    assert report["scores"]["n_images"] == 2
+    assert set(report["scores"]) >= {"bPQ", "mPQ", "AJI", "Dice", "F1_iou", "F1_centroid"}
+    assert json.loads(capsys.readouterr().out)["scores"]["n_images"] == 2
+
+
+def test_baseline_finds_nuclei_on_real_patches(shared: Path, tmp_path: Path) -> None:
+    src = FolderSource(shared / "nuclei" / "consep" / "test")
+    pqs = []
+    for k in range(3):
+        s = src[k]
+        labels = segment_classical(s.image)
+        assert labels.dtype == np.int32 and labels.shape == s.inst.shape
+        (_, _, pq), _ = get_fast_pq(s.inst, labels)
+        pqs.append(pq)
+    # Far from perfect, but clearly better than nothing.
+    assert 0.05 < float(np.mean(pqs)) < 0.9
+    report = tmp_path / "baseline.json"
+    assert (
+        eval_main(
+            [
+                "--baseline",
+                "--data",
+                str(shared / "nuclei" / "consep" / "test"),
+                "--limit",
+                "3",
+                "--out",
+                str(report),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    scores = json.loads(report.read_text())["scores"]
+    assert scores["bPQ"] == pytest.approx(float(np.mean(pqs)), abs=1e-9)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_one_percent() -> None:
+    from training.loop import cosine_factor
+
+    assert cosine_factor(0.0, 0.1) == pytest.approx(0.01)
+    assert cosine_factor(0.05, 0.1) == pytest.approx(0.5)
+    assert cosine_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert cosine_factor(0.55, 0.1) == pytest.approx(0.505)
+    assert cosine_factor(1.0, 0.1) == pytest.approx(0.01)
+    assert cosine_factor(2.0, 0.0) == pytest.approx(0.01)

@@ -1,0 +1,385 @@
+"""The optimisation loop: AdamW, warm-up + cosine (or one-cycle) schedule, checkpoints, resume.
+
+Output directory layout::
+
+    OUT/last/{model.safetensors,config.json}   the latest weights (float32)
+    OUT/best/{model.safetensors,config.json}   the weights of the best validation PQ
+    OUT/state.pt                               optimiser, schedule, counters (for --resume)
+    OUT/metrics.jsonl                          one JSON object per epoch
+    OUT/curves.png                             training / validation curves
+
+``export_dir`` (if given) receives every new best checkpoint too, in float16.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.augment import Augmenter
+from training.data import IGNORE_INDEX, PatchDataset, Source
+from training.evaluate import evaluate, model_predictor
+from training.losses import LossWeights, NucleusLoss
+from wsi_infer.config import ModelConfig
+from wsi_infer.model import NucleusSegFormer, save_checkpoint
+
+__all__ = ["TrainSettings", "class_weights_from", "plot_curves", "seed_everything", "train"]
+
+logger = logging.getLogger(__name__)
+
+#: Validation metric that picks the best checkpoint.
+BEST_METRIC = "bPQ"
+
+
+@dataclass
+class TrainSettings:
+    """Everything :func:`train` needs besides data and model config."""
+
+    out: Path
+    epochs: int = 50
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    schedule: str = "cosine"  # or "onecycle"
+    warmup: float = 0.03  # fraction of the steps (cosine)
+    max_steps: int | None = None
+    seed: int = 0
+    resume: bool = False
+    val_every: int = 1
+    val_limit: int | None = None
+    export_dir: Path | None = None
+    time_limit: float | None = None  # seconds; stop after the epoch that passes it
+    # seconds; the cosine schedule runs on max(step / total steps, elapsed / budget) and
+    # training ends (with a last validation) when the budget is spent: a run that ends on time
+    time_budget: float | None = None
+    workers: int = 0
+    grad_clip: float = 1.0
+    loss: LossWeights = field(default_factory=LossWeights)
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def class_weights_from(
+    sources: Sequence[Source], n_types: int, max_per_source: int = 64, seed: int = 0
+) -> list[float]:
+    """Inverse square-root pixel frequency of each type (background included), mean 1.
+
+    Counted on up to ``max_per_source`` random samples of each source; types
+    never seen get the largest weight seen.
+    """
+    counts = np.zeros(n_types, np.float64)
+    rng = np.random.default_rng(seed)
+    for src in sources:
+        idx = rng.permutation(len(src))[:max_per_source]
+        for i in idx:
+            t = src[int(i)].types
+            t = t[t != IGNORE_INDEX]
+            counts += np.bincount(t.ravel(), minlength=n_types)[:n_types]
+    seen = counts > 0
+    if not seen.any():
+        return [1.0] * n_types
+    freq = counts / counts.sum()
+    w = np.zeros(n_types)
+    w[seen] = 1.0 / np.sqrt(freq[seen])
+    w[~seen] = w[seen].max()
+    w = np.clip(w / w.mean(), 0.05, 20.0)
+    return [float(v) for v in w]
+
+
+def cosine_factor(progress: float, warmup: float) -> float:
+    """Learning-rate factor at ``progress`` (0..1) of a run: linear warm-up over the first
+    ``warmup`` fraction, then a cosine decay from 1 to 0.01."""
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 0.01)
+    p = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation metrics per epoch, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in records], label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_yscale("log")
+    ax1.legend()
+    for key in ("bPQ", "mPQ", "AJI", "Dice", "F1_iou"):
+        pts = [(r["epoch"], r["val"][key]) for r in records if r.get("val") and key in r["val"]]
+        pts = [(e, v) for e, v in pts if v is not None and not math.isnan(v)]
+        if pts:
+            ax2.plot(*zip(*pts, strict=True), marker="o", label=key)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend()
+    ax2.set_title("validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def train(
+    train_sources: Sequence[Source],
+    val_sources: Sequence[Source],
+    model_config: ModelConfig,
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """Train a :class:`NucleusSegFormer`; returns the best validation summary (and paths)."""
+    s = settings
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(s.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_amp = device.type == "cuda"
+
+    module = NucleusSegFormer(model_config).to(device)
+    if s.loss.class_weights is None:
+        s.loss.class_weights = class_weights_from(train_sources, model_config.num_classes + 1)
+        logger.info("type class weights: %s", [round(w, 3) for w in s.loss.class_weights])
+    criterion = NucleusLoss(s.loss).to(device)
+    augmenter = Augmenter(crop=s.crop, train=True)
+    dataset = PatchDataset(train_sources, augmenter, model_config.mean, model_config.std, s.seed)
+    steps_per_epoch = len(dataset) // s.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} training items do not fill one batch of {s.batch_size}")
+    total_steps = steps_per_epoch * s.epochs
+    if s.max_steps is not None:
+        total_steps = min(total_steps, s.max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    optimizer = torch.optim.AdamW(module.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    if s.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=total_steps)
+    elif s.schedule != "cosine":
+        raise ValueError(f"unknown schedule {s.schedule!r}")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    state_file = out / "state.pt"
+    metrics_file = out / "metrics.jsonl"
+    start_epoch, step, best, best_summary = 0, 0, -1.0, {}
+    records: list[dict[str, Any]] = []
+    elapsed_before = 0.0
+    if s.resume and state_file.is_file():
+        from safetensors.torch import load_file
+
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        module.load_state_dict(
+            {k: v.float() for k, v in load_file(str(out / "last" / "model.safetensors")).items()}
+        )
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best, best_summary = state["best"], state["best_summary"]
+        elapsed_before = state.get("elapsed", 0.0)
+        torch.set_rng_state(state["torch_rng"])
+        if metrics_file.is_file():
+            records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+            records = [r for r in records if r["epoch"] < start_epoch]
+            metrics_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+        logger.info(
+            "resumed from %s at epoch %d, step %d (best %s %.4f)",
+            out,
+            start_epoch,
+            step,
+            BEST_METRIC,
+            best,
+        )
+    elif metrics_file.exists():
+        metrics_file.unlink()
+
+    logger.info(
+        "training %d epochs x %d steps (total %d) of batch %d, crop %d on %s; %d items per epoch",
+        epochs,
+        steps_per_epoch,
+        total_steps,
+        s.batch_size,
+        s.crop,
+        device,
+        len(dataset),
+    )
+    (out / "settings.json").write_text(
+        json.dumps(
+            _jsonable(
+                {
+                    **asdict(s),
+                    "out": str(s.out),
+                    "export_dir": str(s.export_dir),
+                    "model": model_config.to_dict(),
+                }
+            ),
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
+    t0 = time.monotonic()
+    predictor = model_predictor(module, model_config, device)
+    budget_spent = False
+
+    def progress() -> float:
+        p = step / total_steps
+        if s.time_budget:
+            p = max(p, (elapsed_before + time.monotonic() - t0) / s.time_budget)
+        return min(1.0, p)
+
+    if s.time_budget:
+        epochs = max(epochs, start_epoch + 1)
+    for epoch in range(start_epoch, epochs):
+        if step >= total_steps or budget_spent:
+            break
+        dataset.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=s.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=s.workers,
+            generator=gen,
+            persistent_workers=False,
+        )
+        epoch_t0 = time.monotonic()
+        module.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not s.progress, leave=False)
+        for batch in bar:
+            if step >= total_steps:
+                break
+            if scheduler is None:
+                prog = progress()
+                if s.time_budget and prog >= 1.0:
+                    budget_spent = True
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = s.lr * cosine_factor(prog, s.warmup)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, enabled=use_amp):
+                logits = module(batch["image"])
+            loss, parts = criterion(logits, batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if s.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(module.parameters(), s.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            n += 1
+            parts["loss"] = float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
+        bar.close()
+        elapsed = elapsed_before + time.monotonic() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": sums.get("loss", 0.0) / max(n, 1),
+            "train_parts": {k: v / max(n, 1) for k, v in sums.items() if k != "loss"},
+            "elapsed_s": round(elapsed, 1),
+        }
+        if s.time_budget:
+            # Stop now if another epoch like this one would overrun the budget.
+            epoch_s = time.monotonic() - epoch_t0
+            budget_spent = budget_spent or elapsed + epoch_s > s.time_budget
+        last_epoch = epoch == epochs - 1 or step >= total_steps or budget_spent
+        out_of_time = s.time_limit is not None and elapsed >= s.time_limit
+        if val_sources and ((epoch + 1) % s.val_every == 0 or last_epoch or out_of_time):
+            summary = evaluate(predictor, list(val_sources), limit=s.val_limit, progress=s.progress)
+            record["val"] = summary
+            score = summary[BEST_METRIC]
+            if not math.isnan(score) and score > best:
+                best, best_summary = score, {**summary, "epoch": epoch, "step": step}
+                meta = {"epoch": str(epoch), "step": str(step), BEST_METRIC: f"{score:.4f}"}
+                save_checkpoint(module, out / "best", metadata=meta)
+                if s.export_dir is not None:
+                    save_checkpoint(module, s.export_dir, half=True, metadata=meta)
+                logger.info("epoch %d: new best %s %.4f", epoch, BEST_METRIC, score)
+            logger.info(
+                "epoch %d: loss %.4f, val bPQ %.4f mPQ %.4f AJI %.4f Dice %.4f",
+                epoch,
+                record["train_loss"],
+                summary["bPQ"],
+                summary["mPQ"],
+                summary["AJI"],
+                summary["Dice"],
+            )
+        else:
+            logger.info("epoch %d: loss %.4f", epoch, record["train_loss"])
+        save_checkpoint(module, out / "last")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best": best,
+                "best_summary": best_summary,
+                "elapsed": elapsed,
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_file,
+        )
+        records.append(_jsonable(record))
+        with metrics_file.open("a") as fh:
+            fh.write(json.dumps(records[-1]) + "\n")
+        plot_curves(records, out / "curves.png")
+        if out_of_time:
+            logger.warning(
+                "time limit of %.0f s reached after epoch %d: stopping", s.time_limit, epoch
+            )
+            break
+    if not val_sources:
+        save_checkpoint(module, out / "best")
+        if s.export_dir is not None:
+            save_checkpoint(module, s.export_dir, half=True)
+    result = {
+        "best": _jsonable(best_summary),
+        "best_metric": BEST_METRIC,
+        "steps": step,
+        "elapsed_s": round(elapsed_before + time.monotonic() - t0, 1),
+        "out": str(out),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,195 @@
+"""Many slides in one run: a list or a manifest in, one store per slide and a summary out.
+
+One slide failing never stops the others; each result is recorded in
+``summary.json`` and ``summary.csv`` in the output folder, rewritten (atomically)
+after every slide so that even a killed batch leaves an honest account.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wsi_infer.backends import Backend
+from wsi_infer.engine import ProgressFactory, RunParams, run_slide
+from wsi_infer.errors import ManifestError, WsiInferError
+from wsi_infer.events import EventLog, ProgressEvents
+
+__all__ = ["BatchItem", "SlideResult", "items_from_paths", "read_manifest", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    slide: Path
+    name: str
+    mpp: float | None = None
+
+
+@dataclass
+class SlideResult:
+    slide: str
+    store: str
+    status: str  # complete | skipped | failed
+    nuclei: int | None
+    seconds: float
+    error: str | None
+
+
+def _default_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem or name
+
+
+def items_from_paths(paths: Sequence[Path]) -> list[BatchItem]:
+    return [BatchItem(Path(p), _default_name(Path(p))) for p in paths]
+
+
+def read_manifest(path: Path) -> list[BatchItem]:
+    """A CSV with a ``path`` column and optional ``mpp`` and ``name`` columns.
+
+    Relative paths are taken from the manifest's folder.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc})") from exc
+    if not rows or "path" not in rows[0]:
+        raise ManifestError(f"{path}: manifest needs a header with a 'path' column")
+    items = []
+    for n, row in enumerate(rows, start=2):
+        raw = (row.get("path") or "").strip()
+        if not raw:
+            raise ManifestError(f"{path}: line {n} has an empty path")
+        slide = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+        mpp_text = (row.get("mpp") or "").strip()
+        try:
+            mpp = float(mpp_text) if mpp_text else None
+        except ValueError:
+            raise ManifestError(f"{path}: line {n}: mpp {mpp_text!r} is not a number") from None
+        if mpp is not None and not mpp > 0:
+            raise ManifestError(f"{path}: line {n}: mpp must be positive")
+        name = (row.get("name") or "").strip() or _default_name(slide)
+        items.append(BatchItem(slide, name, mpp))
+    return items
+
+
+def check_names(items: Sequence[BatchItem]) -> None:
+    seen: dict[str, Path] = {}
+    for item in items:
+        if "/" in item.name or item.name in ("", ".", ".."):
+            raise ManifestError(f"{item.slide}: output name {item.name!r} is not a file name")
+        if item.name in seen:
+            raise ManifestError(
+                f"{item.slide}: output name {item.name!r} also used by {seen[item.name]}; "
+                "give slides distinct names (manifest column 'name')"
+            )
+        seen[item.name] = item.slide
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_summary(out_dir: Path, results: Sequence[SlideResult]) -> None:
+    rows = [asdict(r) for r in results]
+    _write_atomic(out_dir / "summary.json", json.dumps(rows, indent=2) + "\n")
+    fields = list(SlideResult.__dataclass_fields__)
+    lines = [",".join(fields)]
+    for r in rows:
+        lines.append(",".join(_csv_cell(r[f]) for f in fields))
+    _write_atomic(out_dir / "summary.csv", "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    if any(c in text for c in ',"\n'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def run_batch(
+    items: Sequence[BatchItem],
+    out_dir: Path,
+    backend: Backend,
+    params: RunParams,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+    client: Any = None,
+    log: EventLog | None = None,
+) -> list[SlideResult]:
+    """Run every slide into ``out_dir/NAME.zarr``; failures are recorded, not raised."""
+    check_names(items)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = log or EventLog(None)
+    log.emit("batch_started", slides=len(items), out=str(out_dir))
+    results: list[SlideResult] = []
+    for item in items:
+        store = out_dir / f"{item.name}.zarr"
+        slide_params = RunParams(**{**_fields(params), "mpp": item.mpp}) if item.mpp else params
+        log.emit("slide_started", slide=str(item.slide), store=str(store))
+        t0 = time.perf_counter()
+
+        def tracked(total: int, stage: str, _slide: str = str(item.slide)) -> ProgressEvents:
+            bar = progress(total, stage) if progress else None
+            return ProgressEvents(bar, log, _slide, stage, total)
+
+        try:
+            summary = run_slide(
+                item.slide,
+                store,
+                backend,
+                slide_params,
+                overwrite=overwrite,
+                progress=tracked,
+                client=client,
+            )
+        except WsiInferError as exc:
+            result = SlideResult(
+                str(item.slide), str(store), "failed", None, time.perf_counter() - t0, str(exc)
+            )
+            log.emit("slide_failed", slide=str(item.slide), error=str(exc))
+        except Exception as exc:  # a bug must not stop the batch, but it is reported in full
+            logger.exception("%s: unexpected error", item.slide)
+            msg = f"{item.slide}: internal error: {type(exc).__name__}: {exc}"
+            result = SlideResult(
+                str(item.slide), str(store), "failed", None, time.perf_counter() - t0, msg
+            )
+            log.emit("slide_failed", slide=str(item.slide), error=msg)
+        else:
+            status = "skipped" if summary.status == "skipped" else "complete"
+            result = SlideResult(
+                str(item.slide), str(store), status, summary.nuclei, round(summary.seconds, 3), None
+            )
+            log.emit(
+                "slide_skipped" if status == "skipped" else "slide_finished",
+                slide=str(item.slide),
+                store=str(store),
+                nuclei=summary.nuclei,
+                tiles=summary.tiles,
+                seconds=round(summary.seconds, 3),
+            )
+        results.append(result)
+        write_summary(out_dir, results)
+    failed = sum(r.status == "failed" for r in results)
+    log.emit("batch_finished", slides=len(results), failed=failed)
+    return results
+
+
+def _fields(params: RunParams) -> dict[str, Any]:
+    return {f: getattr(params, f) for f in params.__dataclass_fields__}
