@@ -831,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="default",
-        help=f"bundled name, checkpoint dir or .onnx; '{RANDOM_MODEL}': a seeded random b0",
+        help=f"bundled name or checkpoint dir; '{RANDOM_MODEL}': a seeded random b0",
     )
     p.add_argument("--backend", default="torch")
     p.add_argument("--device", default="cpu")

@@ -547,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.verbose:
+        logging.getLogger(__name__).setLevel(logging.DEBUG)
     w, h = args.size
     try:
         spec = SlideSpec(

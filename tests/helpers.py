@@ -23,3 +23,17 @@ def match_instances(a: NDArray[np.integer], b: NDArray[np.integer]) -> tuple[int
     # IoU > 0.5 pairs are one-to-one: no instance appears twice
     assert len(np.unique(good[0])) == good.shape[1] == len(np.unique(good[1]))
     return good.shape[1], int((area_a[1:] > 0).sum()), int((area_b[1:] > 0).sum())
+
+
+def panoptic_quality(a: NDArray[np.integer], b: NDArray[np.integer]) -> float:
+    """PQ of ``b`` against ``a``: matched IoU sum / (TP + FP/2 + FN/2), IoU > 0.5 matching."""
+    a = a.astype(np.int64).ravel()
+    b = b.astype(np.int64).ravel()
+    both = (a > 0) & (b > 0)
+    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    area_a, area_b = np.bincount(a), np.bincount(b)
+    iou = inter / (area_a[pairs[0]] + area_b[pairs[1]] - inter)
+    tp = int((iou > 0.5).sum())
+    na, nb = int((area_a[1:] > 0).sum()), int((area_b[1:] > 0).sum())
+    denom = tp + 0.5 * (na - tp) + 0.5 * (nb - tp)
+    return float(iou[iou > 0.5].sum() / denom) if denom else 1.0

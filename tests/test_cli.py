@@ -43,7 +43,9 @@ def test_bad_input_one_line_error_no_store(
     shared: Path, tiny_model: Path, tmp_path: Path, name: str, cause: str
 ) -> None:
     out = tmp_path / "r.zarr"
-    code, _, stderr = invoke(shared / name, "--out", out, "--model", tiny_model, "-q")
+    code, _, stderr = invoke(
+        shared / name, "--out", out, "--model", tiny_model, "--backend", "torch", "-q"
+    )
     assert code != 0
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and str(shared / name) in lines[0] and cause in lines[0]
@@ -58,7 +60,9 @@ def test_existing_output_is_never_silently_overwritten(
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     slide = shared / "edge/small.svs"
-    code, _, stderr = invoke(slide, "--out", out, "--model", tiny_model, "--mpp", "1", "-q")
+    code, _, stderr = invoke(
+        slide, "--out", out, "--model", tiny_model, "--backend", "torch", "--mpp", "1", "-q"
+    )
     assert code != 0 and "--overwrite" in stderr and (out / "keep.txt").read_text() == "mine"
     code, stdout, _ = invoke(
         slide,
@@ -66,6 +70,8 @@ def test_existing_output_is_never_silently_overwritten(
         out,
         "--model",
         tiny_model,
+        "--backend",
+        "torch",
         "--mpp",
         "1",
         "--overwrite",
@@ -109,6 +115,8 @@ def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_pa
             str(out),
             "--model",
             str(tiny_model),
+            "--backend",
+            "torch",
             "--tile-size",
             "256",
         ],
@@ -130,6 +138,8 @@ def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_pa
             str(tmp_path / "bad.zarr"),
             "--model",
             str(tiny_model),
+            "--backend",
+            "torch",
         ],
         capture_output=True,
         text=True,

@@ -39,8 +39,21 @@ def big_mosaic(shared: Path, make_slide: Callable[..., Path]) -> Path:
 
 
 def command(slide: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "wsi_infer", str(slide), "--out", str(out), "--backend",
-            "torch", "--tile-size", "256", "--batch-size", "1", "-q"]
+    return [
+        sys.executable,
+        "-m",
+        "wsi_infer",
+        str(slide),
+        "--out",
+        str(out),
+        "--backend",
+        "torch",
+        "--tile-size",
+        "256",
+        "--batch-size",
+        "1",
+        "-q",
+    ]
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -102,12 +115,31 @@ def test_sigkill_then_resume_gives_the_uninterrupted_store(
     assert_same_store(out, reference)
 
 
+def test_chunk_cut_short_by_a_crash_is_recomputed(
+    big_mosaic: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.zarr"
+    scratch = out / "_scratch" / "maps" / "c"
+    cmd = command(big_mosaic, out)
+    kill_when(cmd, lambda: count_files(scratch) >= 6)
+    chunk = sorted(p for p in scratch.rglob("*") if p.is_file())[0]
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])  # a torn write
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_store(out, reference)
+
+
 def test_complete_store_is_skipped_and_other_parameters_refused(
     big_mosaic: Path, reference: Path
 ) -> None:
-    again = subprocess.run([*command(big_mosaic, reference)[:-1]], capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*command(big_mosaic, reference)[:-1]], capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0 and "already complete" in again.stdout
-    other = subprocess.run([*command(big_mosaic, reference), "--overlap", "32"],
-                           capture_output=True, text=True, timeout=300)
+    other = subprocess.run(
+        [*command(big_mosaic, reference), "--overlap", "32"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert other.returncode == 1 and "--overwrite" in other.stderr

@@ -85,9 +85,13 @@ def create_backend(
 ) -> Backend:
     """Build backend ``name`` for ``model`` (a checkpoint dir, bundled name or exported file).
 
+    ``name="auto"`` takes :func:`default_backend` for ``device``.
+
     ``options`` go to the backend's factory as keywords (e.g. ``cache_dir`` for
     ``onnxruntime`` and ``tensorrt``).
     """
+    if name == "auto":
+        name = default_backend(device)
     try:
         info = _REGISTRY[name]
     except KeyError:
@@ -114,6 +118,7 @@ class TorchBackend:
                 "device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu "
                 "or install a CUDA build of torch"
             )
+        self.threads = threads
         if threads is not None and threads > 0:
             # intra-op threads of this process' torch: the engine's own choice, not a global default
             torch.set_num_threads(threads)

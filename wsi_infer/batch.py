@@ -132,6 +132,7 @@ def run_batch(
     progress: ProgressFactory | None = None,
     client: Any = None,
     log: EventLog | None = None,
+    geojson: bool = False,
 ) -> list[SlideResult]:
     """Run every slide into ``out_dir/NAME.zarr``; failures are recorded, not raised."""
     check_names(items)
@@ -189,6 +190,16 @@ def run_batch(
     failed = sum(r.status == "failed" for r in results)
     log.emit("batch_finished", slides=len(results), failed=failed)
     return results
+
+
+def write_geojson_beside(store: Path, skipped: bool, overwrite: bool) -> Path:
+    """``NAME.geojson`` beside ``NAME.zarr``; kept as it is when the store was already complete."""
+    from wsi_infer.geojson import export_geojson
+
+    out = store.with_suffix(".geojson")
+    if not (skipped and out.exists()):
+        export_geojson(store, out, overwrite=overwrite)
+    return out
 
 
 def _fields(params: RunParams) -> dict[str, Any]:

@@ -106,16 +106,20 @@ class BackendSpec:
     name: str
     model: str
     device: str
+    threads: int | None = None
 
     @classmethod
     def of(cls, backend: Backend) -> BackendSpec:
-        return cls(backend.name, backend.model_source, backend.device)
+        return cls(
+            backend.name, backend.model_source, backend.device, getattr(backend, "threads", None)
+        )
 
 
 @functools.lru_cache(maxsize=4)
 def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
     """One model (and one lock serialising its calls) per process and spec."""
-    return create_backend(spec.name, spec.model, device=spec.device), threading.Lock()
+    backend = create_backend(spec.name, spec.model, device=spec.device, threads=spec.threads)
+    return backend, threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
@@ -632,7 +636,10 @@ def _run_stages(
         g = labels_group[name]
         assert isinstance(g, zarr.Group)
         build_pyramid(g, name, run_mpp, params.label_chunk)
-    _mark(root, stage="written", nuclei=nuclei)
+    from wsi_infer.stats import slide_statistics
+
+    _mark(root, nuclei=nuclei)
+    _mark(root, stage="written", statistics=slide_statistics(root))
     del root["_scratch"]
     timings["write_s"] = time.perf_counter() - t
     return nuclei, pending

@@ -213,7 +213,7 @@ def open_slide(path: str | Path) -> Slide:
         except Exception as exc2:
             raise UnsupportedSlideError(
                 f"{path}: not a slide openslide or tifffile can read "
-                f"(openslide: {first_error}; tifffile: {exc2})"
+                f"(openslide: {first_error}; tifffile: {exc2}); is it truncated or corrupt?"
             ) from exc2
     # Decode a few pixels of the smallest level now, so a corrupt file fails here, by name.
     level = len(slide.level_dimensions) - 1

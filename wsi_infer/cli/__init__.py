@@ -38,6 +38,14 @@ def main(**_: Any) -> None:
     \b
     wsi-infer SLIDE --out result.zarr     process a slide (see: wsi-infer run --help)
     """
+    import logging
+
+    # The command, not the library, decides what reaches the terminal: errors are reported
+    # as one line each by the commands, and libraries' log records stay quiet unless a
+    # command is run with --verbose.
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
 
 
 main.add_command(run)

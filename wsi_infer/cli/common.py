@@ -21,6 +21,28 @@ def overwrite_option(f: F) -> F:
     )(f)
 
 
+def verbose_option(f: F) -> F:
+    def setup(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            import logging
+
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+            logging.getLogger().addHandler(handler)
+            logging.getLogger().setLevel(logging.INFO)
+        return value
+
+    return click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        expose_value=False,
+        callback=setup,
+        is_eager=True,
+        help="Log what the engine does to stderr.",
+    )(f)
+
+
 def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit non-zero (no traceback)."""
     click.echo(f"wsi-infer: error: {message}", err=True)

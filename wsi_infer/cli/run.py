@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from wsi_infer.cli.common import fail, overwrite_option, quiet_option, tqdm_progress
+from wsi_infer.cli.common import (
+    fail,
+    overwrite_option,
+    quiet_option,
+    tqdm_progress,
+    verbose_option,
+)
 
 #: Exit status of a batch in which some slides failed (1 is a fatal error, 2 a usage error).
 EXIT_SOME_FAILED = 3
 
 
 @click.command("run")
-@click.argument("slides", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("slides", nargs=-1, type=click.Path(path_type=Path, readable=False))
 @click.option(
     "--out",
     "-o",
@@ -34,7 +43,13 @@ EXIT_SOME_FAILED = 3
     show_default=True,
     help="Bundled model name or checkpoint directory.",
 )
-@click.option("--backend", default="torch", show_default=True, help="Inference backend.")
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="Inference backend: torch, onnxruntime, tensorrt, or auto (the fastest "
+    "available on the device: onnxruntime on CPU).",
+)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -83,12 +98,18 @@ EXIT_SOME_FAILED = 3
     help="Saturation above which a pixel is tissue (default: Otsu).",
 )
 @click.option(
+    "--geojson",
+    is_flag=True,
+    help="Also write each store's nuclei as NAME.geojson beside it (QuPath).",
+)
+@click.option(
     "--log-json",
     type=click.Path(path_type=Path),
     help="Append one JSON line per event (started, progress, finished, failed).",
 )
 @overwrite_option
 @quiet_option
+@verbose_option
 def run(
     slides: tuple[Path, ...],
     out: Path,
@@ -106,6 +127,7 @@ def run(
     no_tissue_mask: bool,
     tissue_mpp: float,
     tissue_threshold: float | None,
+    geojson: bool,
     log_json: Path | None,
     overwrite: bool,
     quiet: bool,
@@ -158,32 +180,60 @@ def run(
                 scheduler=scheduler, workers=workers, threads=threads, gpu=device == "cuda"
             ) as client,
         ):
-            engine = create_backend(backend, model, device=device)
-            if single:
-                _run_one(slides[0], out, engine, params, overwrite, progress, client, log, quiet)
-                return
-            _run_many(
-                slides, manifest, out, engine, params, overwrite, progress, client, log, quiet
+            job = _Job(
+                engine=create_backend(backend, model, device=device),
+                params=params,
+                overwrite=overwrite,
+                progress=progress,
+                client=client,
+                log=log,
+                quiet=quiet,
+                geojson=geojson,
             )
+            if single:
+                _run_one(job, slides[0], out)
+            else:
+                _run_many(job, slides, manifest, out)
     except WsiInferError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"{out}: interrupted; run the same command again to resume", 130)
 
 
-def _run_one(slide, out, engine, params, overwrite, progress, client, log, quiet):  # type: ignore[no-untyped-def]
+@dataclass
+class _Job:
+    engine: Any
+    params: Any
+    overwrite: bool
+    progress: Any
+    client: Any
+    log: Any
+    quiet: bool
+    geojson: bool
+
+
+def _run_one(job: _Job, slide: Path, out: Path) -> None:
+    from wsi_infer.batch import write_geojson_beside
     from wsi_infer.engine import run_slide
     from wsi_infer.errors import WsiInferError
 
-    log.emit("slide_started", slide=str(slide), store=str(out))
+    job.log.emit("slide_started", slide=str(slide), store=str(out))
     try:
         summary = run_slide(
-            slide, out, engine, params, overwrite=overwrite, progress=progress, client=client
+            slide,
+            out,
+            job.engine,
+            job.params,
+            overwrite=job.overwrite,
+            progress=job.progress,
+            client=job.client,
         )
+        if job.geojson:
+            write_geojson_beside(out, summary.status == "skipped", job.overwrite)
     except WsiInferError as exc:
-        log.emit("slide_failed", slide=str(slide), error=str(exc))
+        job.log.emit("slide_failed", slide=str(slide), error=str(exc))
         raise
-    log.emit(
+    job.log.emit(
         "slide_skipped" if summary.status == "skipped" else "slide_finished",
         slide=str(slide),
         store=str(out),
@@ -191,21 +241,27 @@ def _run_one(slide, out, engine, params, overwrite, progress, client, log, quiet
         tiles=summary.tiles,
         seconds=round(summary.seconds, 3),
     )
-    if not quiet:
+    if not job.quiet:
         click.echo(summary.line())
 
 
-def _run_many(slides, manifest, out, engine, params, overwrite, progress, client, log, quiet):  # type: ignore[no-untyped-def]
-    import sys
-
+def _run_many(job: _Job, slides: tuple[Path, ...], manifest: Path | None, out: Path) -> None:
     from wsi_infer.batch import items_from_paths, read_manifest, run_batch
 
     items = read_manifest(manifest) if manifest is not None else items_from_paths(slides)
     results = run_batch(
-        items, out, engine, params, overwrite=overwrite, progress=progress, client=client, log=log
+        items,
+        out,
+        job.engine,
+        job.params,
+        overwrite=job.overwrite,
+        progress=job.progress,
+        client=job.client,
+        log=job.log,
+        geojson=job.geojson,
     )
     failed = [r for r in results if r.status == "failed"]
-    if not quiet:
+    if not job.quiet:
         width = max(len(Path(r.slide).name) for r in results)
         click.echo(f"{'slide':<{width}}  {'status':<8}  {'nuclei':>8}  {'seconds':>8}")
         for r in results:
