@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from helpers import panoptic_quality
+
 from wsi_infer.backends import create_backend
 from wsi_infer.engine import RunParams, run_slide
 
@@ -18,8 +18,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize(("precision", "min_pq"), [("fp32", 0.99), ("fp16", 0.95)])
 def test_onnx_file_gives_the_nuclei_of_the_torch_backend(
-    he_mosaic: np.ndarray, make_slide: Callable[..., Path], tmp_path: Path,
-    precision: str, min_pq: float,
+    he_mosaic: np.ndarray,
+    make_slide: Callable[..., Path],
+    tmp_path: Path,
+    precision: str,
+    min_pq: float,
 ) -> None:
     from export import export_onnx
 

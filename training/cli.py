@@ -74,6 +74,10 @@ def train_parser() -> argparse.ArgumentParser:
     m.add_argument("--tile-size", type=int, default=256)
     m.add_argument("--name", default="wsi-infer-nuclei")
     m.add_argument("--model-version", default="1")
+    m.add_argument(
+        "--licence",
+        help="licence of the weights, recorded in config.json (they inherit the data's terms)",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--out", type=Path, required=True, help="run directory")
     t.add_argument("--export", type=Path, help="also write each best checkpoint here (float16)")
@@ -132,6 +136,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             "train_data": _describe(args.pannuke, args.train_folds, args.data),
             "val_data": _describe(args.pannuke, val_folds, args.val_data),
             "seed": args.seed,
+            **({"licence": args.licence} if args.licence else {}),
         },
     )
     settings = TrainSettings(
@@ -182,6 +187,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """``wsi-infer-eval``: returns the exit status."""
     from training.baseline import baseline_predictor
     from training.evaluate import evaluate, model_predictor
+    from training.metrics import jsonable
     from wsi_infer.model import load_model
 
     args = eval_parser().parse_args(argv)
@@ -214,17 +220,12 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     summary = evaluate(predictor, sources, args.batch_size, args.limit, progress=not args.quiet)
     report["seconds"] = round(time.monotonic() - t0, 1)
     report["scores"] = summary
-    text = json.dumps(report, indent=2, default=_nan_to_none)
-    text = text.replace("NaN", "null")
+    text = json.dumps(jsonable(report), indent=2, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     click.echo(text)
     return 0
-
-
-def _nan_to_none(obj: Any) -> Any:
-    return str(obj)
 
 
 def _hardware() -> str:

@@ -17,7 +17,7 @@ Two on-disk layouts are read:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +58,13 @@ class Sample:
     types: NDArray[np.uint8]
     tissue: str = "unknown"
     name: str = ""
+
+
+#: ``(image, inst, types, rng) -> (image, inst, types)``, see :class:`training.augment.Augmenter`.
+AugmentFn = Callable[
+    [NDArray[np.uint8], NDArray[np.uint32], NDArray[np.uint8], np.random.Generator],
+    tuple[NDArray[np.uint8], NDArray[np.uint32], NDArray[np.uint8]],
+]
 
 
 class Source(Protocol):
@@ -179,8 +186,6 @@ class FolderSource:
     SPLITS = ("train", "test", "val", "valid", "validation")
 
     def __init__(self, root: str | Path, tissue: str | None = None) -> None:
-        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
-
         self.root = Path(root)
         labels_file = self.root / "labels.npz"
         if not labels_file.is_file():
@@ -328,7 +333,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     def __init__(
         self,
         sources: Sequence[Source],
-        augment: object,
+        augment: AugmentFn,
         mean: Sequence[float],
         std: Sequence[float],
         seed: int = 0,
@@ -356,7 +361,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         s, i = self.index[item]
         sample = self.sources[s][i]
         rng = np.random.default_rng([self.seed, self.epoch, item])
-        image, inst, types = self.augment(sample.image, sample.inst, sample.types, rng)  # type: ignore[operator]
+        image, inst, types = self.augment(sample.image, sample.inst, sample.types, rng)
         t = build_targets(inst, types)
         return {
             "image": torch.from_numpy(normalise_image(image, self.mean, self.std)),

@@ -31,6 +31,7 @@ from training.augment import Augmenter
 from training.data import IGNORE_INDEX, PatchDataset, Source
 from training.evaluate import evaluate, model_predictor
 from training.losses import LossWeights, NucleusLoss
+from training.metrics import jsonable
 from wsi_infer.config import ModelConfig
 from wsi_infer.model import NucleusSegFormer, save_checkpoint
 
@@ -141,16 +142,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def train(
     train_sources: Sequence[Source],
     val_sources: Sequence[Source],
@@ -235,7 +226,7 @@ def train(
     )
     (out / "settings.json").write_text(
         json.dumps(
-            _jsonable(
+            jsonable(
                 {
                     **asdict(s),
                     "out": str(s.out),
@@ -361,7 +352,7 @@ def train(
             },
             state_file,
         )
-        records.append(_jsonable(record))
+        records.append(jsonable(record))
         with metrics_file.open("a") as fh:
             fh.write(json.dumps(records[-1]) + "\n")
         plot_curves(records, out / "curves.png")
@@ -375,7 +366,7 @@ def train(
         if s.export_dir is not None:
             save_checkpoint(module, s.export_dir, half=True)
     result = {
-        "best": _jsonable(best_summary),
+        "best": jsonable(best_summary),
         "best_metric": BEST_METRIC,
         "steps": step,
         "elapsed_s": round(elapsed_before + time.monotonic() - t0, 1),

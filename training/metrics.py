@@ -22,6 +22,7 @@ class of matched nuclei.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = [
     "centroid_matches",
     "dice",
     "get_fast_pq",
+    "jsonable",
     "remap_label",
     "score_image",
 ]
@@ -345,3 +347,14 @@ class ScoreBoard:
             "tissue_mPQ": mpq_t,
             "counts": {"tp": tp, "fp": fp, "fn": fn, "centroid_tp": ctp},
         }
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NaN floats replaced by ``None`` (JSON ``null``), recursively."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj

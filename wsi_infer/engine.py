@@ -205,8 +205,8 @@ def predict_tiles(
     job: PredictJob,
     tiles: Sequence[tuple[int, int]],
     local: tuple[Backend, threading.Lock, GridReader] | None = None,
-) -> int:
-    """Read, infer and store the maps of ``tiles``; returns how many.
+) -> list[tuple[int, int]]:
+    """Read, infer and store the maps of ``tiles``; returns them.
 
     ``local`` passes the caller's backend, lock and reader (threads of one
     process); without it, the worker's own (cached) ones are used.
@@ -226,7 +226,54 @@ def predict_tiles(
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
         job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
-    return len(tiles)
+    return list(tiles)
+
+
+class _RowTracker:
+    """Which tile rows are fully predicted; lets stage 2 wait for the rows it reads."""
+
+    def __init__(
+        self,
+        tiles: list[tuple[int, int]],
+        todo: list[tuple[int, list[tuple[int, int]]]],
+        grid: TileGrid,
+    ) -> None:
+        self.grid = grid
+        self.missing = [0] * grid.shape[0]
+        for _, batch in todo:
+            for i, _j in batch:
+                self.missing[i] += 1
+        self.error: BaseException | None = None
+        self.finished = False
+        self.finished_at = time.perf_counter()
+        self._cond = threading.Condition()
+
+    def done(self, tiles: list[tuple[int, int]]) -> None:
+        with self._cond:
+            for i, _j in tiles:
+                self.missing[i] -= 1
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.finished, self.finished_at = True, time.perf_counter()
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self.error, self.finished = exc, True
+            self._cond.notify_all()
+
+    def wait_rows(self, y: int) -> None:
+        """Block until the maps above grid row ``y`` are final; re-raise stage 1's error."""
+        last = min((y - 1) // self.grid.stride, self.grid.shape[0] - 1)
+        with self._cond:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.finished or not any(self.missing[: last + 1]):
+                    return
+                self._cond.wait()
 
 
 def _tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
@@ -598,22 +645,45 @@ def _run_stages(
         delayed(predict_tiles, pure=False)(job, b, local, dask_key_name=f"predict-{k}")
         for k, b in todo
     ]
+    # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
+    # reads is predicted, so post-processing overlaps the model instead of following it.
+    tracker = _RowTracker(tiles, todo, grid)
     bar = progress(len(tiles), "predict") if progress else None
     if bar is not None and len(tiles) > pending:
         bar.update(len(tiles) - pending)
-    resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
-    try:
-        _execute(tasks, client, params.workers, bar.update if bar is not None else None, resources)
-    finally:
-        if bar is not None:
-            bar.close()
-    timings["predict_s"] = time.perf_counter() - t
 
-    # Stage 2: segment windows band by band, number and paint in raster order.
-    t = time.perf_counter()
+    def predicted(done: list[tuple[int, int]]) -> None:
+        tracker.done(done)
+        if bar is not None:
+            bar.update(len(done))
+
+    resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
+
+    def predict() -> None:
+        try:
+            _execute(tasks, client, params.workers, predicted, resources)
+        except BaseException as exc:
+            tracker.fail(exc)
+        else:
+            tracker.finish()
+
+    worker = threading.Thread(target=predict, name="wsi-infer-predict", daemon=True)
+    worker.start()
     reset_table(root)
     n_bands = math.ceil(grid.height / params.label_chunk)
-    bar = progress(n_bands, "segment") if progress else None
+    seg_bar = progress(n_bands, "segment") if progress else None
+    seg_seconds = 0.0
+
+    def before_band(y: int) -> None:
+        nonlocal seg_seconds
+        tracker.wait_rows(y)
+        seg_seconds -= time.perf_counter()
+
+    def after_band(rows: dict[str, NDArray[Any]]) -> None:
+        nonlocal seg_seconds
+        seg_seconds += time.perf_counter()
+        _after_band(root, rows, seg_bar)
+
     try:
         nuclei = stitch(
             maps,
@@ -622,12 +692,19 @@ def _run_stages(
             params,
             scale=scale,
             run_mpp=run_mpp,
-            on_band=lambda rows: _after_band(root, rows, bar),
+            on_band=after_band,
+            before_band=before_band,
         )
+        tracker.wait_rows(grid.height)  # all of stage 1, whatever the bands needed
+        worker.join()
     finally:
-        if bar is not None:
-            bar.close()
-    timings["segment_s"] = time.perf_counter() - t
+        # On an error the predict thread is left to end on its own (it cannot be
+        # cancelled midway); it only writes scratch chunks of this store.
+        for b in (bar, seg_bar):
+            if b is not None:
+                b.close()
+    timings["predict_s"] = tracker.finished_at - t
+    timings["segment_s"] = seg_seconds
 
     t = time.perf_counter()
     labels_group = root["labels"]
@@ -660,12 +737,15 @@ def stitch(
     scale: float = 1.0,
     run_mpp: float = 1.0,
     on_band: Callable[[dict[str, NDArray[Any]]], None] | None = None,
+    before_band: Callable[[int], None] | None = None,
 ) -> int:
     """Segment seamless ``maps`` window by window into ``nuclei_out``/``types_out``.
 
     Each nucleus is taken once, by the window holding its centroid, numbered in
     raster order of windows and of its first pixel; ``on_band`` receives each
-    band's table rows.  Returns the number of nuclei.
+    band's table rows.  ``before_band(y)`` is called before a band is read and
+    may block until the maps' rows above ``y`` are final.  Returns the number of
+    nuclei.
     """
     from dask.base import compute
     from dask.delayed import delayed
@@ -675,6 +755,8 @@ def stitch(
     canvas = _Canvas(width, chunk, params.margin)
     next_id = 1
     for _, cores in windows(height, width, chunk, params.window_cols):
+        if before_band is not None:
+            before_band(min(cores[0][1] + params.margin, height))
         parts = compute(
             *[delayed(segment_window)(maps, c, params.margin, params.post) for c in cores],
             scheduler="threads",
