@@ -127,6 +127,8 @@ def test_train_resume_and_evaluate_end_to_end(
     report = json.loads(report_file.read_text())
     assert report["scores"]["n_images"] == 2
     assert set(report["scores"]) >= {"bPQ", "mPQ", "AJI", "Dice", "F1_iou", "F1_centroid"}
+    # CoNSeP maps no nucleus to "epithelial": PanNuke's rule makes that class NaN -> null.
+    assert report["scores"]["class_PQ"]["epithelial"] is None
     assert json.loads(capsys.readouterr().out)["scores"]["n_images"] == 2
 
 
