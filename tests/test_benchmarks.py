@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # benchmarks/ lives beside the package, not inside it
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import bench  # noqa: E402
-from benchmarks.make_slide import (  # noqa: E402
+from benchmarks import bench
+from benchmarks.make_slide import (
     PatchBank,
     SlideSpec,
     level_shapes,

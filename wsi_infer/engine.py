@@ -70,7 +70,7 @@ class RunParams:
 
     tile_size: int = 512
     overlap: int = 64
-    batch_size: int = 4
+    batch_size: int = 2
     mpp: float | None = None
     workers: int = 2
     label_chunk: int = 512

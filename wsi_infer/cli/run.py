@@ -51,7 +51,13 @@ EXIT_SOME_FAILED = 3
     "available on the device: onnxruntime on CPU).",
 )
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tiles per model call (raise it on a GPU).",
+)
 @click.option(
     "--tile-size",
     default=512,
