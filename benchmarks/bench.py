@@ -552,7 +552,7 @@ def run_benchmark(
     device: str = "cpu",
     tile_size: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int = 2,
     slide_mpp: float | None = None,
     tissue_fraction: float = 0.4,
     seed: int = 0,
@@ -563,10 +563,16 @@ def run_benchmark(
     keep_stores: Path | None = None,
     timeout: float | None = None,
     quick: bool = False,
+    real_slides: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Generate (or reuse) the slides, run every (size, workers) in a subprocess, summarise."""
+    """Generate (or reuse) the slides, run every (size, workers) in a subprocess, summarise.
+
+    ``real_slides`` replaces the synthetic slides by the given files (keyed by their
+    largest level-0 side, in the result's ``size``).
+    """
     from wsi_infer.config import ModelConfig
     from wsi_infer.engine import RunParams
+    from wsi_infer.reader import open_slide
 
     RunParams(tile_size=tile_size, overlap=overlap, batch_size=batch_size)  # validate early
     started = datetime.now(UTC)
@@ -576,7 +582,17 @@ def run_benchmark(
     mpp = slide_mpp if slide_mpp is not None else model_cfg.mpp
     slides_dir.mkdir(parents=True, exist_ok=True)
     bank_args: dict[str, Any] = {"nuclei_dir": nuclei_dir, "max_groups": max_groups}
-    slides = {s: _slide_for(s, mpp, seed, tissue_fraction, slides_dir, bank_args) for s in sizes}
+    slides: dict[int, Any]
+    if real_slides:
+        slides = {}
+        for path in real_slides:
+            with open_slide(path) as opened:
+                slides[max(opened.dimensions)] = {"path": str(path), "real": True}
+        sizes = sorted(slides)
+    else:
+        slides = {
+            s: _slide_for(s, mpp, seed, tissue_fraction, slides_dir, bank_args) for s in sizes
+        }
     bank_args.clear()
 
     runs: list[dict[str, Any]] = []
@@ -588,7 +604,7 @@ def run_benchmark(
             for w in workers:
                 store = (keep_stores or work) / f"bench-{size}px-w{w}.zarr"
                 cfg = RunConfig(
-                    slide=str(Path(slides[size].path).resolve()),
+                    slide=str(Path(_info(slides[size])["path"]).resolve()),
                     size=size,
                     workers=w,
                     model=checkpoint,
@@ -602,7 +618,7 @@ def run_benchmark(
                 )
                 logger.info("run: %d px, %d worker(s)", size, w)
                 result = _run_subprocess(cfg, work, timeout)
-                result["slide_info"] = asdict(slides[size])
+                result["slide_info"] = _info(slides[size])
                 runs.append(result)
                 logger.info(
                     "  %d tiles in %.1f s: %.2f tiles/s end to end, model only %.2f tiles/s",
@@ -647,6 +663,10 @@ def run_benchmark(
         "runs": runs,
         "scaling": scaling,
     }
+
+
+def _info(slide: Any) -> dict[str, Any]:
+    return slide if isinstance(slide, dict) else asdict(slide)
 
 
 def _model_config(checkpoint: str, model_config: Any) -> Any:
@@ -827,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="dask workers (1 2)")
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument(
         "--model",
         default="default",
@@ -846,6 +866,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-stores", type=Path, help="keep the result stores in this folder")
     p.add_argument("--timeout", type=float, help="seconds allowed per run")
     p.add_argument("--quick", action="store_true", help=f"tiny slides {QUICK_SIZES}, for tests")
+    p.add_argument(
+        "--slide",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="benchmark these real slides instead of synthetic ones",
+    )
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     return p
 
@@ -879,6 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_stores=args.keep_stores,
             timeout=args.timeout,
             quick=args.quick,
+            real_slides=args.slide,
         )
     except (WsiInferError, RuntimeError, ValueError, OSError) as exc:
         print(f"wsi-infer-bench: error: {exc}", file=sys.stderr)

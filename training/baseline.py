@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 
 from training.data import Sample
 from training.evaluate import Prediction, Predictor
+from wsi_infer.postprocess import finish_labels
 
 __all__ = ["BaselineParams", "baseline_predictor", "segment_classical"]
 
@@ -69,16 +70,8 @@ def segment_classical(
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
-    # Components without a peak (tiny, flat) become one nucleus each.
-    rest = mask & (labels == 0)
-    if rest.any():
-        extra, _ = ndi.label(rest)
-        labels[rest] = extra[rest] + labels.max()
-    areas = np.bincount(labels.ravel())
-    small = areas < params.min_area
-    small[0] = False
-    labels[small[labels]] = 0
-    return labels
+    # Components without a peak (tiny, flat) become one nucleus each, as in the engine.
+    return finish_labels(labels, mask, params.min_area)
 
 
 def baseline_predictor(params: BaselineParams = DEFAULT_BASELINE) -> Predictor:

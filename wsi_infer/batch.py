@@ -8,6 +8,7 @@ after every slide so that even a killed batch leaves an honest account.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_infer.backends import Backend
-from wsi_infer.engine import ProgressFactory, RunParams, run_slide
+from wsi_infer.engine import ProgressFactory, RunParams, RunSummary, run_slide
 from wsi_infer.errors import ManifestError, WsiInferError
 from wsi_infer.events import EventLog, ProgressEvents
 
@@ -122,6 +123,46 @@ def _csv_cell(value: Any) -> str:
     return text
 
 
+def run_one(
+    slide: Path,
+    store: Path,
+    backend: Backend,
+    params: RunParams,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFactory | None = None,
+    client: Any = None,
+    log: EventLog | None = None,
+    geojson: bool = False,
+) -> RunSummary:
+    """One slide, with its events logged (and its GeoJSON written); errors are logged, raised."""
+    log = log or EventLog(None)
+    log.emit("slide_started", slide=str(slide), store=str(store))
+
+    def tracked(total: int, stage: str) -> ProgressEvents:
+        bar = progress(total, stage) if progress else None
+        return ProgressEvents(bar, log, str(slide), stage, total)
+
+    try:
+        summary = run_slide(
+            slide, store, backend, params, overwrite=overwrite, progress=tracked, client=client
+        )
+        if geojson:
+            write_geojson_beside(store, summary.status == "skipped", overwrite)
+    except WsiInferError as exc:
+        log.emit("slide_failed", slide=str(slide), error=str(exc))
+        raise
+    log.emit(
+        "slide_skipped" if summary.status == "skipped" else "slide_finished",
+        slide=str(slide),
+        store=str(store),
+        nuclei=summary.nuclei,
+        tiles=summary.tiles,
+        seconds=round(summary.seconds, 3),
+    )
+    return summary
+
+
 def run_batch(
     items: Sequence[BatchItem],
     out_dir: Path,
@@ -142,50 +183,42 @@ def run_batch(
     results: list[SlideResult] = []
     for item in items:
         store = out_dir / f"{item.name}.zarr"
-        slide_params = RunParams(**{**_fields(params), "mpp": item.mpp}) if item.mpp else params
-        log.emit("slide_started", slide=str(item.slide), store=str(store))
+        slide_params = dataclasses.replace(params, mpp=item.mpp) if item.mpp else params
         t0 = time.perf_counter()
-
-        def tracked(total: int, stage: str, _slide: str = str(item.slide)) -> ProgressEvents:
-            bar = progress(total, stage) if progress else None
-            return ProgressEvents(bar, log, _slide, stage, total)
-
         try:
-            summary = run_slide(
+            summary = run_one(
                 item.slide,
                 store,
                 backend,
                 slide_params,
                 overwrite=overwrite,
-                progress=tracked,
+                progress=progress,
                 client=client,
+                log=log,
+                geojson=geojson,
             )
         except WsiInferError as exc:
-            result = SlideResult(
-                str(item.slide), str(store), "failed", None, time.perf_counter() - t0, str(exc)
-            )
-            log.emit("slide_failed", slide=str(item.slide), error=str(exc))
+            error: str | None = str(exc)
         except Exception as exc:  # a bug must not stop the batch, but it is reported in full
             logger.exception("%s: unexpected error", item.slide)
-            msg = f"{item.slide}: internal error: {type(exc).__name__}: {exc}"
-            result = SlideResult(
-                str(item.slide), str(store), "failed", None, time.perf_counter() - t0, msg
-            )
-            log.emit("slide_failed", slide=str(item.slide), error=msg)
+            error = f"{item.slide}: internal error: {type(exc).__name__}: {exc}"
+            log.emit("slide_failed", slide=str(item.slide), error=error)
         else:
             status = "skipped" if summary.status == "skipped" else "complete"
-            result = SlideResult(
-                str(item.slide), str(store), status, summary.nuclei, round(summary.seconds, 3), None
+            results.append(
+                SlideResult(
+                    str(item.slide),
+                    str(store),
+                    status,
+                    summary.nuclei,
+                    round(summary.seconds, 3),
+                    None,
+                )
             )
-            log.emit(
-                "slide_skipped" if status == "skipped" else "slide_finished",
-                slide=str(item.slide),
-                store=str(store),
-                nuclei=summary.nuclei,
-                tiles=summary.tiles,
-                seconds=round(summary.seconds, 3),
-            )
-        results.append(result)
+            write_summary(out_dir, results)
+            continue
+        seconds = round(time.perf_counter() - t0, 3)
+        results.append(SlideResult(str(item.slide), str(store), "failed", None, seconds, error))
         write_summary(out_dir, results)
     failed = sum(r.status == "failed" for r in results)
     log.emit("batch_finished", slides=len(results), failed=failed)
@@ -200,7 +233,3 @@ def write_geojson_beside(store: Path, skipped: bool, overwrite: bool) -> Path:
     if not (skipped and out.exists()):
         export_geojson(store, out, overwrite=overwrite)
     return out
-
-
-def _fields(params: RunParams) -> dict[str, Any]:
-    return {f: getattr(params, f) for f in params.__dataclass_fields__}

@@ -100,14 +100,20 @@ def segment(
             if not ok.any():
                 break
             labels[ok] = nearest[ok]
-    # Foreground without a marker: each connected piece is an instance of its own.
-    rest = fg & (labels == 0)
+    return finish_labels(labels, fg, params.min_area)
+
+
+def finish_labels(
+    labels: NDArray[np.int32], foreground: NDArray[np.bool_], min_area: int
+) -> NDArray[np.int32]:
+    """Foreground left unlabelled becomes one instance per connected piece; instances under
+    ``min_area`` pixels are dropped; the rest are numbered 1..n in raster order."""
+    rest = foreground & (labels == 0)
     if rest.any():
         extra, _ = ndi.label(rest)
         labels[rest] = extra[rest] + labels.max()
-    # Drop specks, then renumber in raster order of first pixel (deterministic).
     areas = np.bincount(labels.ravel())
-    small = areas < params.min_area
+    small = areas < min_area
     small[0] = False
     if small.any():
         labels[small[labels]] = 0

@@ -219,33 +219,18 @@ class _Job:
 
 
 def _run_one(job: _Job, slide: Path, out: Path) -> None:
-    from wsi_infer.batch import write_geojson_beside
-    from wsi_infer.engine import run_slide
-    from wsi_infer.errors import WsiInferError
+    from wsi_infer.batch import run_one
 
-    job.log.emit("slide_started", slide=str(slide), store=str(out))
-    try:
-        summary = run_slide(
-            slide,
-            out,
-            job.engine,
-            job.params,
-            overwrite=job.overwrite,
-            progress=job.progress,
-            client=job.client,
-        )
-        if job.geojson:
-            write_geojson_beside(out, summary.status == "skipped", job.overwrite)
-    except WsiInferError as exc:
-        job.log.emit("slide_failed", slide=str(slide), error=str(exc))
-        raise
-    job.log.emit(
-        "slide_skipped" if summary.status == "skipped" else "slide_finished",
-        slide=str(slide),
-        store=str(out),
-        nuclei=summary.nuclei,
-        tiles=summary.tiles,
-        seconds=round(summary.seconds, 3),
+    summary = run_one(
+        slide,
+        out,
+        job.engine,
+        job.params,
+        overwrite=job.overwrite,
+        progress=job.progress,
+        client=job.client,
+        log=job.log,
+        geojson=job.geojson,
     )
     if not job.quiet:
         click.echo(summary.line())
