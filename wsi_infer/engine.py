@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 from wsi_infer import __version__
 from wsi_infer.backends import Backend, create_backend
-from wsi_infer.errors import OutputExistsError, OutputWriteError, WsiInferError
+from wsi_infer.errors import CheckpointError, OutputExistsError, OutputWriteError, WsiInferError
 from wsi_infer.postprocess import PostprocessParams, instance_types, logits_to_maps, segment
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
 from wsi_infer.store import (
@@ -107,11 +107,16 @@ class BackendSpec:
     model: str
     device: str
     threads: int | None = None
+    sha256: str = ""
 
     @classmethod
     def of(cls, backend: Backend) -> BackendSpec:
         return cls(
-            backend.name, backend.model_source, backend.device, getattr(backend, "threads", None)
+            backend.name,
+            backend.model_source,
+            backend.device,
+            getattr(backend, "threads", None),
+            backend.model_sha256,
         )
 
 
@@ -119,6 +124,12 @@ class BackendSpec:
 def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
     """One model (and one lock serialising its calls) per process and spec."""
     backend = create_backend(spec.name, spec.model, device=spec.device, threads=spec.threads)
+    if spec.sha256 and backend.model_sha256 != spec.sha256:
+        raise CheckpointError(
+            f"{spec.model}: this worker's copy of the model differs from the client's "
+            f"(sha256 {backend.model_sha256[:12]} != {spec.sha256[:12]}); give every worker "
+            "the same model file"
+        )
     return backend, threading.Lock()
 
 
