@@ -243,12 +243,7 @@ def predict_tiles(
 class _RowTracker:
     """Which tile rows are fully predicted; lets stage 2 wait for the rows it reads."""
 
-    def __init__(
-        self,
-        tiles: list[tuple[int, int]],
-        todo: list[tuple[int, list[tuple[int, int]]]],
-        grid: TileGrid,
-    ) -> None:
+    def __init__(self, todo: list[tuple[int, list[tuple[int, int]]]], grid: TileGrid) -> None:
         self.grid = grid
         self.missing = [0] * grid.shape[0]
         for _, batch in todo:
@@ -658,7 +653,7 @@ def _run_stages(
     ]
     # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
     # reads is predicted, so post-processing overlaps the model instead of following it.
-    tracker = _RowTracker(tiles, todo, grid)
+    tracker = _RowTracker(todo, grid)
     bar = progress(len(tiles), "predict") if progress else None
     if bar is not None and len(tiles) > pending:
         bar.update(len(tiles) - pending)
