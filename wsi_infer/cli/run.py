@@ -180,6 +180,11 @@ def run(
 
     progress = tqdm_progress(quiet)
     try:
+        if single:  # a bad slide is reported before any model is loaded (or exported)
+            from wsi_infer.reader import open_slide, resolve_mpp
+
+            with open_slide(slides[0]) as opened:
+                resolve_mpp(opened, mpp)
         with (
             EventLog(log_json) as log,
             dask_client(
