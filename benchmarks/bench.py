@@ -284,8 +284,9 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     import zarr
 
     from wsi_infer.backends import create_backend
-    from wsi_infer.engine import RunParams, _normalise, run_slide
+    from wsi_infer.engine import RunParams, run_slide
     from wsi_infer.postprocess import logits_to_maps
+    from wsi_infer.predict import normalise
     from wsi_infer.reader import GridReader, open_slide
     from wsi_infer.tiling import TileGrid
 
@@ -367,13 +368,13 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
         imgs = imgs + imgs
     raw = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
     mean, std = backend.config.mean, backend.config.std
-    batches = [_normalise(b, mean, std) for b in raw]
+    batches = [normalise(b, mean, std) for b in raw]
     logits = backend(batches[0])  # warm-up
     n_model, model_s = _time_loop(
         lambda k: backend(batches[k % len(batches)]), budget, 3, 1_000_000
     )
     n_norm, norm_s = _time_loop(
-        lambda k: _normalise(raw[k % len(raw)], mean, std), budget / 4, 3, 1_000_000
+        lambda k: normalise(raw[k % len(raw)], mean, std), budget / 4, 3, 1_000_000
     )
     n_maps, maps_s = _time_loop(lambda k: logits_to_maps(logits), budget / 4, 3, 1_000_000)
 

@@ -7,8 +7,9 @@ import pytest
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from wsi_infer.engine import RunParams, stitch
+from wsi_infer.params import RunParams
 from wsi_infer.postprocess import renumber_raster, segment
+from wsi_infer.stitch import stitch
 
 
 def random_nuclei(shape: tuple[int, int], n: int, seed: int, touching: bool) -> NDArray[np.int32]:

@@ -1,6 +1,7 @@
 """The engine: slide in, every nucleus once in a zarr store out.
 
-Two stages, both scheduled with dask (local threads, or a dask.distributed cluster):
+This module runs one slide: tissue, the store, and the two stages, both scheduled
+with dask (local threads, or a dask.distributed cluster) and run side by side:
 
 1. **Predict.**  Tissue tiles (the model's input ``tile`` pixels, of which the
    central ``tile - overlap`` are kept) are read, batched and run through the
@@ -24,14 +25,13 @@ The store's ``status`` turns ``complete`` last.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,12 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer import __version__
-from wsi_infer.backends import Backend, create_backend
-from wsi_infer.errors import CheckpointError, OutputExistsError, OutputWriteError, WsiInferError
-from wsi_infer.postprocess import PostprocessParams, instance_types, logits_to_maps, segment
+from wsi_infer.backends import Backend
+from wsi_infer.errors import OutputExistsError, OutputWriteError, WsiInferError
+from wsi_infer.params import RunParams
+from wsi_infer.predict import BackendSpec, PredictJob, RowTracker, execute, predict_tiles, tile_done
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
+from wsi_infer.stitch import stitch
 from wsi_infer.store import (
     ATTR,
     append_table,
@@ -53,10 +55,10 @@ from wsi_infer.store import (
     prepare_output,
     reset_table,
 )
-from wsi_infer.tiling import TileGrid, windows
-from wsi_infer.tissue import TissueParams, detect_tissue, read_thumbnail
+from wsi_infer.tiling import TileGrid
+from wsi_infer.tissue import detect_tissue, read_thumbnail
 
-__all__ = ["BackendSpec", "RunParams", "RunSummary", "run_slide", "stitch"]
+__all__ = ["ProgressFactory", "RunParams", "RunSummary", "run_slide"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,78 +66,7 @@ logger = logging.getLogger(__name__)
 MPP_TOLERANCE = 0.02
 
 
-@dataclass(frozen=True)
-class RunParams:
-    """Everything that shapes a run's output (recorded in the store), and its thread count."""
-
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 2
-    mpp: float | None = None
-    workers: int = 2
-    label_chunk: int = 512
-    window_cols: int = 2048
-    margin: int = 96
-    tissue: TissueParams = field(default_factory=TissueParams)
-    post: PostprocessParams = field(default_factory=PostprocessParams)
-
-    def __post_init__(self) -> None:
-        if self.tile_size < 64 or self.tile_size % 32:
-            raise ValueError(
-                f"tile size must be a multiple of 32 and at least 64, got {self.tile_size}"
-            )
-        TileGrid(1, 1, self.tile_size, self.overlap)  # validates overlap
-        if self.batch_size < 1 or self.workers < 1:
-            raise ValueError("batch size and workers must be at least 1")
-        if self.margin < 8 or self.label_chunk < 64 or self.window_cols % self.label_chunk:
-            raise ValueError(
-                "margin >= 8, label_chunk >= 64, window_cols a multiple of label_chunk"
-            )
-
-    def output_defining(self) -> dict[str, Any]:
-        """The parameters the output depends on (not the thread count)."""
-        d = dataclasses.asdict(self)
-        d.pop("workers")
-        return d
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """How to build a backend anywhere (a dask worker builds its own, once per process)."""
-
-    name: str
-    model: str
-    device: str
-    threads: int | None = None
-    sha256: str = ""
-
-    @classmethod
-    def of(cls, backend: Backend) -> BackendSpec:
-        return cls(
-            backend.name,
-            backend.model_source,
-            backend.device,
-            getattr(backend, "threads", None),
-            backend.model_sha256,
-        )
-
-
-@functools.lru_cache(maxsize=4)
-def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
-    """One model (and one lock serialising its calls) per process and spec."""
-    backend = create_backend(spec.name, spec.model, device=spec.device, threads=spec.threads)
-    if spec.sha256 and backend.model_sha256 != spec.sha256:
-        raise CheckpointError(
-            f"{spec.model}: this worker's copy of the model differs from the client's "
-            f"(sha256 {backend.model_sha256[:12]} != {spec.sha256[:12]}); give every worker "
-            "the same model file"
-        )
-    return backend, threading.Lock()
-
-
-@functools.lru_cache(maxsize=8)
-def _process_reader(path: str, scale: float) -> GridReader:
-    return GridReader(open_slide(path), scale)
+ProgressFactory = Callable[[int, str], Any]
 
 
 @dataclass
@@ -164,244 +95,6 @@ class RunSummary:
             f"{self.store}: {self.nuclei} nuclei, {self.tiles} tiles{resumed}, "
             f"{self.seconds:.1f} s, {self.tiles_per_second:.2f} tiles/s"
         )
-
-
-@dataclass
-class WindowNuclei:
-    """Nuclei owned by one window, in raster order of their first pixel."""
-
-    bbox: NDArray[np.int64]  # (n, 4) grid y0 y1 x0 x1
-    masks: list[NDArray[np.bool_]]
-    centroid: NDArray[np.float64]  # (n, 2) grid y x
-    area: NDArray[np.int64]
-    types: NDArray[np.uint8]
-    probs: NDArray[np.float32]
-
-    @classmethod
-    def empty(cls) -> WindowNuclei:
-        return cls(
-            np.zeros((0, 4), np.int64),
-            [],
-            np.zeros((0, 2)),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.uint8),
-            np.zeros(0, np.float32),
-        )
-
-
-ProgressFactory = Callable[[int, str], Any]
-
-
-@dataclass(frozen=True)
-class PredictJob:
-    """What a predict task needs, small and picklable: it runs on any worker."""
-
-    slide: str
-    scale: float
-    grid: TileGrid
-    maps: Any  # the scratch zarr array (pickles as its store and path)
-    backend: BackendSpec
-
-
-def _normalise(
-    tiles: NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]
-) -> NDArray[np.float32]:
-    x = tiles.astype(np.float32) / 255.0
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def predict_tiles(
-    job: PredictJob,
-    tiles: Sequence[tuple[int, int]],
-    local: tuple[Backend, threading.Lock, GridReader] | None = None,
-) -> list[tuple[int, int]]:
-    """Read, infer and store the maps of ``tiles``; returns them.
-
-    ``local`` passes the caller's backend, lock and reader (threads of one
-    process); without it, the worker's own (cached) ones are used.
-    """
-    if local is None:
-        backend, lock = _process_backend(job.backend)
-        reader = _process_reader(job.slide, job.scale)
-    else:
-        backend, lock, reader = local
-    grid, t = job.grid, job.grid.tile
-    imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
-    batch = _normalise(imgs, backend.config.mean, backend.config.std)
-    with lock:
-        logits = backend(batch)
-    out = logits_to_maps(logits)
-    h = grid.halo
-    for k, (i, j) in enumerate(tiles):
-        y0, y1, x0, x1 = grid.core(i, j)
-        job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
-    return list(tiles)
-
-
-class _RowTracker:
-    """Which tile rows are fully predicted; lets stage 2 wait for the rows it reads."""
-
-    def __init__(self, todo: list[tuple[int, list[tuple[int, int]]]], grid: TileGrid) -> None:
-        self.grid = grid
-        self.missing = [0] * grid.shape[0]
-        for _, batch in todo:
-            for i, _j in batch:
-                self.missing[i] += 1
-        self.error: BaseException | None = None
-        self.finished = False
-        self.finished_at = time.perf_counter()
-        self._cond = threading.Condition()
-
-    def done(self, tiles: list[tuple[int, int]]) -> None:
-        with self._cond:
-            for i, _j in tiles:
-                self.missing[i] -= 1
-            self._cond.notify_all()
-
-    def finish(self) -> None:
-        with self._cond:
-            self.finished, self.finished_at = True, time.perf_counter()
-            self._cond.notify_all()
-
-    def fail(self, exc: BaseException) -> None:
-        with self._cond:
-            self.error, self.finished = exc, True
-            self._cond.notify_all()
-
-    def wait_rows(self, y: int) -> None:
-        """Block until the maps above grid row ``y`` are final; re-raise stage 1's error."""
-        last = min((y - 1) // self.grid.stride, self.grid.shape[0] - 1)
-        with self._cond:
-            while True:
-                if self.error is not None:
-                    raise self.error
-                if self.finished or not any(self.missing[: last + 1]):
-                    return
-                self._cond.wait()
-
-
-def _tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
-    """A tile is done when its chunk is on disk: its type-probability channel is never 0."""
-    y0, _, x0, _ = grid.core(*tile)
-    try:
-        return bool(maps[y0, x0, 3] != 0)
-    except Exception:  # a chunk cut short by a crash: not done, it will be written again
-        logger.warning("scratch chunk of tile %s unreadable; recomputing it", tile)
-        return False
-
-
-def _execute(
-    tasks: list[Any],
-    client: Any,
-    workers: int,
-    on_result: Callable[[Any], None] | None,
-    resources: dict[str, float] | None = None,
-) -> list[Any]:
-    """Compute dask delayed ``tasks`` locally (threads) or on ``client``; results in order."""
-    if not tasks:
-        return []
-    if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks, resources=resources)
-        for fut in as_completed(futures):
-            if on_result is not None:
-                on_result(fut.result())
-        return list(client.gather(futures))
-    from dask.base import compute
-    from dask.callbacks import Callback
-
-    keys = {t.key for t in tasks}
-
-    class _Progress(Callback):
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-            if key in keys and on_result is not None:
-                on_result(result)
-
-    with _Progress():
-        return list(compute(*tasks, scheduler="threads", num_workers=workers))
-
-
-def segment_window(
-    maps: zarr.Array[Any] | NDArray[np.uint8],
-    core: tuple[int, int, int, int],
-    margin: int,
-    post: PostprocessParams,
-) -> WindowNuclei:
-    """Segment ``core`` plus ``margin`` of ``maps``; keep the nuclei whose centroid is in ``core``."""
-    from scipy import ndimage as ndi
-
-    height, width = maps.shape[:2]
-    y0, y1, x0, x1 = core
-    wy0, wy1 = max(0, y0 - margin), min(height, y1 + margin)
-    wx0, wx1 = max(0, x0 - margin), min(width, x1 + margin)
-    window = np.asarray(maps[wy0:wy1, wx0:wx1])
-    labels = segment(window, post)
-    n = int(labels.max())
-    if n == 0:
-        return WindowNuclei.empty()
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:]
-    yy, xx = np.divmod(np.arange(flat.size), labels.shape[1])
-    cy = np.bincount(flat, weights=yy, minlength=n + 1)[1:] / area + wy0
-    cx = np.bincount(flat, weights=xx, minlength=n + 1)[1:] / area + wx0
-    iy, ix = np.floor(cy), np.floor(cx)
-    objects = ndi.find_objects(labels)
-    extent = np.array(
-        [
-            max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-            for sl in objects
-            if sl is not None
-        ]
-    )
-    # An object wider than the margin is no nucleus (and could not be seen whole): drop it.
-    owned = np.flatnonzero((iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1) & (extent <= margin))
-    if owned.size == 0:
-        return WindowNuclei.empty()
-    types, probs = instance_types(labels, window, n)
-    bbox = np.zeros((owned.size, 4), np.int64)
-    masks = []
-    for r, k in enumerate(owned):
-        sl = objects[k]
-        assert sl is not None
-        masks.append(labels[sl] == k + 1)
-        bbox[r] = (sl[0].start + wy0, sl[0].stop + wy0, sl[1].start + wx0, sl[1].stop + wx0)
-    return WindowNuclei(
-        bbox, masks, np.stack([cy[owned], cx[owned]], 1), area[owned], types[owned], probs[owned]
-    )
-
-
-class _Canvas:
-    """Rolling label/type buffer over grid rows ``[base, base + rows)``, full width."""
-
-    def __init__(self, width: int, chunk: int, margin: int) -> None:
-        self.chunk = chunk
-        self.rows = 2 * chunk + margin
-        self.base = -chunk
-        self.labels = np.zeros((self.rows, width), np.uint32)
-        self.types = np.zeros((self.rows, width), np.uint8)
-
-    def paint(self, bbox: NDArray[np.int64], mask: NDArray[np.bool_], ident: int, typ: int) -> None:
-        y0, y1, x0, x1 = (int(v) for v in bbox)
-        sub = self.labels[y0 - self.base : y1 - self.base, x0:x1]
-        free = mask & (sub == 0)  # first painted wins: deterministic, as ids follow raster order
-        sub[free] = ident
-        self.types[y0 - self.base : y1 - self.base, x0:x1][free] = typ
-
-    def flush(self, nuclei: Any, types: Any, height: int) -> None:
-        """Write the first ``chunk`` rows (now final) and roll the buffer by ``chunk`` rows."""
-        c = self.chunk
-        y0, y1 = max(self.base, 0), min(self.base + c, height)
-        if y1 > y0:
-            nuclei[y0:y1] = self.labels[y0 - self.base : y1 - self.base]
-            types[y0:y1] = self.types[y0 - self.base : y1 - self.base]
-        self.labels[:-c] = self.labels[c:]
-        self.labels[-c:] = 0
-        self.types[:-c] = self.types[c:]
-        self.types[-c:] = 0
-        self.base += c
 
 
 def _scale_for(slide_mpp: float, model_mpp: float) -> float:
@@ -466,7 +159,7 @@ def run_slide(
     slide_path: str | Path,
     out: str | Path,
     backend: Backend,
-    params: RunParams = RunParams(),
+    params: RunParams | None = None,
     *,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
@@ -483,6 +176,7 @@ def run_slide(
     subclasses for bad input; a run that fails midway leaves its store marked
     ``failed``, resumable once the cause is fixed.
     """
+    params = params or RunParams()
     started, t0 = _now(), time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
@@ -642,7 +336,7 @@ def _run_stages(
     bs = params.batch_size
     batches = [tiles[k : k + bs] for k in range(0, len(tiles), bs)]
     todo = [
-        (k, b) for k, b in enumerate(batches) if not all(_tile_done(maps, grid, tile) for tile in b)
+        (k, b) for k, b in enumerate(batches) if not all(tile_done(maps, grid, tile) for tile in b)
     ]
     pending = sum(len(b) for _, b in todo)
     job = PredictJob(slide_path, scale, grid, maps, BackendSpec.of(backend))
@@ -653,7 +347,7 @@ def _run_stages(
     ]
     # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
     # reads is predicted, so post-processing overlaps the model instead of following it.
-    tracker = _RowTracker(todo, grid)
+    tracker = RowTracker(todo, grid)
     bar = progress(len(tiles), "predict") if progress else None
     if bar is not None and len(tiles) > pending:
         bar.update(len(tiles) - pending)
@@ -667,7 +361,7 @@ def _run_stages(
 
     def predict() -> None:
         try:
-            _execute(tasks, client, params.workers, predicted, resources)
+            execute(tasks, client, params.workers, predicted, resources)
         except BaseException as exc:
             tracker.fail(exc)
         else:
@@ -732,80 +426,3 @@ def _after_band(root: zarr.Group, rows: dict[str, NDArray[Any]], bar: Any) -> No
     append_table(root, rows)
     if bar is not None:
         bar.update(1)
-
-
-def stitch(
-    maps: zarr.Array[Any] | NDArray[np.uint8],
-    nuclei_out: zarr.Array[Any] | NDArray[np.uint32],
-    types_out: zarr.Array[Any] | NDArray[np.uint8],
-    params: RunParams,
-    *,
-    scale: float = 1.0,
-    run_mpp: float = 1.0,
-    on_band: Callable[[dict[str, NDArray[Any]]], None] | None = None,
-    before_band: Callable[[int], None] | None = None,
-) -> int:
-    """Segment seamless ``maps`` window by window into ``nuclei_out``/``types_out``.
-
-    Each nucleus is taken once, by the window holding its centroid, numbered in
-    raster order of windows and of its first pixel; ``on_band`` receives each
-    band's table rows.  ``before_band(y)`` is called before a band is read and
-    may block until the maps' rows above ``y`` are final.  Returns the number of
-    nuclei.
-    """
-    from dask.base import compute
-    from dask.delayed import delayed
-
-    height, width = maps.shape[:2]
-    chunk = params.label_chunk
-    canvas = _Canvas(width, chunk, params.margin)
-    next_id = 1
-    for _, cores in windows(height, width, chunk, params.window_cols):
-        if before_band is not None:
-            before_band(min(cores[0][1] + params.margin, height))
-        parts = compute(
-            *[delayed(segment_window)(maps, c, params.margin, params.post) for c in cores],
-            scheduler="threads",
-            num_workers=params.workers,
-        )
-        rows = _paint_band(canvas, parts, next_id, scale, run_mpp)
-        if on_band is not None:
-            on_band(rows)
-        next_id += len(rows["id"])
-        canvas.flush(nuclei_out, types_out, height)
-    canvas.flush(nuclei_out, types_out, height)  # the last band's rows
-    return next_id - 1
-
-
-def _paint_band(
-    canvas: _Canvas, parts: tuple[WindowNuclei, ...], first_id: int, scale: float, run_mpp: float
-) -> dict[str, NDArray[Any]]:
-    ident = first_id
-    for part in parts:
-        for k in range(len(part.masks)):
-            canvas.paint(part.bbox[k], part.masks[k], ident, int(part.types[k]))
-            ident += 1
-    n = ident - first_id
-    if n == 0:
-        return {"id": np.zeros(0, np.uint32)}
-    bbox = np.concatenate([p.bbox for p in parts])
-    cen = np.concatenate([p.centroid for p in parts])
-    # grid pixel centres -> level-0 pixel coordinates
-    cx = (cen[:, 1] + 0.5) * scale - 0.5
-    cy = (cen[:, 0] + 0.5) * scale - 0.5
-    return {
-        "id": np.arange(first_id, first_id + n, dtype=np.uint32),
-        "centroid": np.stack([cx, cy], 1).astype(np.float32),
-        "bbox": np.stack(
-            [
-                np.floor(bbox[:, 2] * scale),
-                np.floor(bbox[:, 0] * scale),
-                np.ceil(bbox[:, 3] * scale),
-                np.ceil(bbox[:, 1] * scale),
-            ],
-            1,
-        ).astype(np.int32),
-        "area_um2": (np.concatenate([p.area for p in parts]) * run_mpp**2).astype(np.float32),
-        "type": np.concatenate([p.types for p in parts]),
-        "type_prob": np.concatenate([p.probs for p in parts]),
-    }

@@ -1,0 +1,209 @@
+"""Stage 1, predict: tiles read, batched and run through the backend, maps stored per tile.
+
+Each tile's core goes into the store's scratch array as one zarr chunk; a chunk on
+disk is a tile done, so a run started again skips it.  Tasks run in threads of this
+process or on the workers of a dask cluster (each builds its own backend and reader,
+once per process).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from wsi_infer.backends import Backend, create_backend
+from wsi_infer.errors import CheckpointError
+from wsi_infer.postprocess import logits_to_maps
+from wsi_infer.reader import GridReader, open_slide
+from wsi_infer.tiling import TileGrid
+
+__all__ = [
+    "BackendSpec",
+    "PredictJob",
+    "RowTracker",
+    "execute",
+    "normalise",
+    "predict_tiles",
+    "tile_done",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to build a backend anywhere (a dask worker builds its own, once per process)."""
+
+    name: str
+    model: str
+    device: str
+    threads: int | None = None
+    sha256: str = ""
+
+    @classmethod
+    def of(cls, backend: Backend) -> BackendSpec:
+        return cls(
+            backend.name,
+            backend.model_source,
+            backend.device,
+            getattr(backend, "threads", None),
+            backend.model_sha256,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
+    """One model (and one lock serialising its calls) per process and spec."""
+    backend = create_backend(spec.name, spec.model, device=spec.device, threads=spec.threads)
+    if spec.sha256 and backend.model_sha256 != spec.sha256:
+        raise CheckpointError(
+            f"{spec.model}: this worker's copy of the model differs from the client's "
+            f"(sha256 {backend.model_sha256[:12]} != {spec.sha256[:12]}); give every worker "
+            "the same model file"
+        )
+    return backend, threading.Lock()
+
+
+@functools.lru_cache(maxsize=8)
+def _process_reader(path: str, scale: float) -> GridReader:
+    return GridReader(open_slide(path), scale)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """What a predict task needs, small and picklable: it runs on any worker."""
+
+    slide: str
+    scale: float
+    grid: TileGrid
+    maps: Any  # the scratch zarr array (pickles as its store and path)
+    backend: BackendSpec
+
+
+def normalise(
+    tiles: NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]
+) -> NDArray[np.float32]:
+    x = tiles.astype(np.float32) / 255.0
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def predict_tiles(
+    job: PredictJob,
+    tiles: Sequence[tuple[int, int]],
+    local: tuple[Backend, threading.Lock, GridReader] | None = None,
+) -> list[tuple[int, int]]:
+    """Read, infer and store the maps of ``tiles``; returns them.
+
+    ``local`` passes the caller's backend, lock and reader (threads of one
+    process); without it, the worker's own (cached) ones are used.
+    """
+    if local is None:
+        backend, lock = _process_backend(job.backend)
+        reader = _process_reader(job.slide, job.scale)
+    else:
+        backend, lock, reader = local
+    grid, t = job.grid, job.grid.tile
+    imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
+    batch = normalise(imgs, backend.config.mean, backend.config.std)
+    with lock:
+        logits = backend(batch)
+    out = logits_to_maps(logits)
+    h = grid.halo
+    for k, (i, j) in enumerate(tiles):
+        y0, y1, x0, x1 = grid.core(i, j)
+        job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
+    return list(tiles)
+
+
+class RowTracker:
+    """Which tile rows are fully predicted; lets stage 2 wait for the rows it reads."""
+
+    def __init__(self, todo: list[tuple[int, list[tuple[int, int]]]], grid: TileGrid) -> None:
+        self.grid = grid
+        self.missing = [0] * grid.shape[0]
+        for _, batch in todo:
+            for i, _j in batch:
+                self.missing[i] += 1
+        self.error: BaseException | None = None
+        self.finished = False
+        self.finished_at = time.perf_counter()
+        self._cond = threading.Condition()
+
+    def done(self, tiles: list[tuple[int, int]]) -> None:
+        with self._cond:
+            for i, _j in tiles:
+                self.missing[i] -= 1
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.finished, self.finished_at = True, time.perf_counter()
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self.error, self.finished = exc, True
+            self._cond.notify_all()
+
+    def wait_rows(self, y: int) -> None:
+        """Block until the maps above grid row ``y`` are final; re-raise stage 1's error."""
+        last = min((y - 1) // self.grid.stride, self.grid.shape[0] - 1)
+        with self._cond:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.finished or not any(self.missing[: last + 1]):
+                    return
+                self._cond.wait()
+
+
+def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
+    """A tile is done when its chunk is on disk: its type-probability channel is never 0."""
+    y0, _, x0, _ = grid.core(*tile)
+    try:
+        return bool(maps[y0, x0, 3] != 0)
+    except Exception:  # a chunk cut short by a crash: not done, it will be written again
+        logger.warning("scratch chunk of tile %s unreadable; recomputing it", tile)
+        return False
+
+
+def execute(
+    tasks: list[Any],
+    client: Any,
+    workers: int,
+    on_result: Callable[[Any], None] | None,
+    resources: dict[str, float] | None = None,
+) -> list[Any]:
+    """Compute dask delayed ``tasks`` locally (threads) or on ``client``; results in order."""
+    if not tasks:
+        return []
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks, resources=resources)
+        for fut in as_completed(futures):
+            if on_result is not None:
+                on_result(fut.result())
+        return list(client.gather(futures))
+    from dask.base import compute
+    from dask.callbacks import Callback
+
+    keys = {t.key for t in tasks}
+
+    class _Progress(Callback):
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+            if key in keys and on_result is not None:
+                on_result(result)
+
+    with _Progress():
+        return list(compute(*tasks, scheduler="threads", num_workers=workers))
