@@ -189,6 +189,7 @@ def save_checkpoint(
     }
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata=metadata or {})
+    tmp.chmod(0o644)  # a model is meant to be read by others (the writer's default is 0600)
     tmp.replace(out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
     return out
