@@ -222,21 +222,21 @@ class _Job:
     quiet: bool
     geojson: bool
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``run_one`` and ``run_batch``."""
+        return {
+            "overwrite": self.overwrite,
+            "progress": self.progress,
+            "client": self.client,
+            "log": self.log,
+            "geojson": self.geojson,
+        }
+
 
 def _run_one(job: _Job, slide: Path, out: Path) -> None:
     from wsi_infer.batch import run_one
 
-    summary = run_one(
-        slide,
-        out,
-        job.engine,
-        job.params,
-        overwrite=job.overwrite,
-        progress=job.progress,
-        client=job.client,
-        log=job.log,
-        geojson=job.geojson,
-    )
+    summary = run_one(slide, out, job.engine, job.params, **job.options())
     if not job.quiet:
         click.echo(summary.line())
 
@@ -245,17 +245,7 @@ def _run_many(job: _Job, slides: tuple[Path, ...], manifest: Path | None, out: P
     from wsi_infer.batch import items_from_paths, read_manifest, run_batch
 
     items = read_manifest(manifest) if manifest is not None else items_from_paths(slides)
-    results = run_batch(
-        items,
-        out,
-        job.engine,
-        job.params,
-        overwrite=job.overwrite,
-        progress=job.progress,
-        client=job.client,
-        log=job.log,
-        geojson=job.geojson,
-    )
+    results = run_batch(items, out, job.engine, job.params, **job.options())
     failed = [r for r in results if r.status == "failed"]
     if not job.quiet:
         width = max(len(Path(r.slide).name) for r in results)
