@@ -341,9 +341,12 @@ def _run_stages(
     pending = sum(len(b) for _, b in todo)
     job = PredictJob(slide_path, scale, grid, maps, BackendSpec.of(backend))
     local = None if client is not None else (backend, threading.Lock(), reader)
+    # dask runs independent tasks in descending key order: numbering them backwards makes it
+    # predict the slide top down, so stage 2 can start on the first bands early.
+    n = len(todo)
     tasks = [
-        delayed(predict_tiles, pure=False)(job, b, local, dask_key_name=f"predict-{k}")
-        for k, b in todo
+        delayed(predict_tiles, pure=False)(job, b, local, dask_key_name=f"predict-{n - 1 - r:09d}")
+        for r, (_, b) in enumerate(todo)
     ]
     # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
     # reads is predicted, so post-processing overlaps the model instead of following it.
