@@ -21,6 +21,35 @@ def shared() -> Path:
     return SHARED
 
 
+#: Patches in the PanNuke-layout fold the training tests share.
+PANNUKE_PATCHES = 8
+
+
+@pytest.fixture(scope="session")
+def pannuke_root(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fold 3 in PanNuke's own layout, written by the shared data's script from CoNSeP test."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("pannuke")
+    script = shared / "make_pannuke_fold.py"
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(shared / "nuclei" / "consep" / "test"),
+            str(out),
+            "--fold",
+            "3",
+            "--limit",
+            str(PANNUKE_PATCHES),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small random-initialised checkpoint at 1.0 mpp (fast on CPU)."""

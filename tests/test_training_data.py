@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PANNUKE_PATCHES
 
 from training.data import (
     IGNORE_INDEX,
@@ -19,33 +18,10 @@ from training.data import (
     per_instance_distance,
 )
 
-N_PATCHES = 8
-
-
-@pytest.fixture(scope="session")
-def pannuke_root(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fold 3 in PanNuke's own layout, written from the first CoNSeP test patches."""
-    out = tmp_path_factory.mktemp("pannuke")
-    subprocess.run(
-        [
-            sys.executable,
-            str(shared / "make_pannuke_fold.py"),
-            str(shared / "nuclei" / "consep" / "test"),
-            str(out),
-            "--fold",
-            "3",
-            "--limit",
-            str(N_PATCHES),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
 
 def test_pannuke_fold_matches_the_source_labels(pannuke_root: Path, shared: Path) -> None:
     fold = PanNukeFold(pannuke_root, 3)
-    assert len(fold) == N_PATCHES
+    assert len(fold) == PANNUKE_PATCHES
     assert isinstance(fold.images, np.memmap) and isinstance(fold.masks, np.memmap)
     ref = FolderSource(shared / "nuclei" / "consep" / "test")
     for k in (0, 5):
@@ -68,7 +44,7 @@ def test_all_fold_folder_spellings(pannuke_root: Path, tmp_path: Path, spelling:
     (tmp_path / spelling).symlink_to(pannuke_root / "Fold 3", target_is_directory=True)
     assert find_pannuke_fold(tmp_path, 3) == tmp_path / spelling
     fold = PanNukeFold(tmp_path, 3)
-    assert len(fold) == N_PATCHES and fold[1].inst.max() > 0
+    assert len(fold) == PANNUKE_PATCHES and fold[1].inst.max() > 0
 
 
 def test_missing_fold_names_what_was_looked_for(tmp_path: Path) -> None:

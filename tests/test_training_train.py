@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +14,6 @@ from training.cli import eval_main, train_main
 from training.data import FolderSource
 from training.metrics import get_fast_pq
 from wsi_infer.model import load_model
-
-
-@pytest.fixture(scope="module")
-def fold3(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pannuke-train")
-    subprocess.run(
-        [
-            sys.executable,
-            str(shared / "make_pannuke_fold.py"),
-            str(shared / "nuclei" / "consep" / "test"),
-            str(out),
-            "--fold",
-            "3",
-            "--limit",
-            "8",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
 
 TINY = [
     "--arch",
@@ -56,12 +33,12 @@ TINY = [
 
 
 def test_train_resume_and_evaluate_end_to_end(
-    fold3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pannuke_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, export = tmp_path / "run", tmp_path / "export"
     args = [
         "--pannuke",
-        str(fold3),
+        str(pannuke_root),
         "--train-folds",
         "3",
         "--val-fold",
@@ -110,7 +87,7 @@ def test_train_resume_and_evaluate_end_to_end(
             [
                 str(out / "best"),
                 "--pannuke",
-                str(fold3),
+                str(pannuke_root),
                 "--fold",
                 "3",
                 "--limit",
