@@ -323,7 +323,7 @@ def export_onnx(
     example_batch = 2 if batch is None else batch  # 1 would be specialised away
     edge = config.tile_size
     # height != width so the tracer cannot tie the two together
-    hw = (edge, edge + 32) if dynamic_hw else (edge, edge)
+    hw = (edge, edge + config.input_multiple) if dynamic_hw else (edge, edge)
     example = torch.from_numpy(normalise_tiles(_example_rgb(example_batch, hw), config))
 
     started = time.perf_counter()

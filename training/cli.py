@@ -14,9 +14,10 @@ from typing import Any
 import click
 import torch
 
-from training.data import FolderSource, PanNukeFold, Source
+from training.data import FolderSource, PanNukeFold, Source, group_of, split_by_group
+from wsi_infer.config import ARCHITECTURES
 
-__all__ = ["eval_main", "train_main"]
+__all__ = ["eval_main", "train_main", "tune_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,15 @@ def _setup(threads: int | None, verbose: bool) -> None:
 
 
 def _sources(
-    pannuke: Path | None, folds: Sequence[int] | None, dirs: Sequence[Path] | None
+    pannuke: Path | None,
+    folds: Sequence[int] | None,
+    dirs: Sequence[Path] | None,
+    target_mpp: float | None = None,
 ) -> list[Source]:
     sources: list[Source] = []
     if pannuke is not None:
         sources.extend(PanNukeFold(pannuke, f) for f in folds or ())
-    sources.extend(FolderSource(d) for d in dirs or ())
+    sources.extend(FolderSource(d, target_mpp=target_mpp) for d in dirs or ())
     return sources
 
 
@@ -67,11 +71,32 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fold", type=int, help="PanNuke validation fold")
     g.add_argument("--data", type=Path, nargs="+", default=[], help="training folders")
     g.add_argument("--val-data", type=Path, nargs="+", default=[], help="validation folders")
+    g.add_argument(
+        "--val-split",
+        type=float,
+        help="carve this fraction of each --data folder's source images out for validation",
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default="b0", choices=["b0", "b1", "b2"])
+    m.add_argument("--arch", default="b0", choices=sorted(ARCHITECTURES), help="MiT size")
+    m.add_argument(
+        "--encoder-weights",
+        help="pretrained MiT encoder: a Hugging Face id (nvidia/mit-b0 ... nvidia/mit-b5, "
+        "downloaded once) or a directory written by SegformerModel.save_pretrained",
+    )
     m.add_argument("--stem-channels", type=int, default=16)
-    m.add_argument("--mpp", type=float, default=0.25, help="resolution of the training data")
-    m.add_argument("--tile-size", type=int, default=256)
+    m.add_argument("--mpp", type=float, default=0.25, help="model resolution (data is resampled)")
+    m.add_argument(
+        "--tile-size",
+        type=int,
+        help="the engine's default tile for this model (default: the largest --crop)",
+    )
+    m.add_argument("--overlap", type=int, default=64, help="the engine's default tile overlap")
+    m.add_argument(
+        "--attention-window",
+        type=int,
+        default=0,
+        help="self-attention within windows of this many pixels (0: global)",
+    )
     m.add_argument("--name", default="wsi-infer-nuclei")
     m.add_argument("--model-version", default="1")
     m.add_argument(
@@ -83,8 +108,27 @@ def train_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", type=Path, help="also write each best checkpoint here (float16)")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--crop", type=int, default=256, help="training crop (multiple of 32)")
+    t.add_argument(
+        "--crop",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="training crop size(s), multiples of 32; images large enough are also cut at the "
+        "larger sizes, in batches of equal pixel count",
+    )
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=1.0,
+        help="encoder learning rate = lr x this (e.g. 0.1 when fine-tuning pretrained weights)",
+    )
+    t.add_argument(
+        "--freeze-encoder",
+        type=float,
+        default=0.0,
+        help="fraction of the run with the encoder frozen while the decoder warms up",
+    )
     t.add_argument("--weight-decay", type=float, default=1e-2)
     t.add_argument("--schedule", choices=["cosine", "onecycle"], default="cosine")
     t.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
@@ -113,38 +157,65 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from training.loop import TrainSettings, train
     from training.losses import LossWeights
     from wsi_infer.config import ModelConfig
+    from wsi_infer.errors import CheckpointError
 
     args = train_parser().parse_args(argv)
     _setup(args.threads, not args.quiet)
-    if args.crop % 32:
-        raise SystemExit("--crop must be a multiple of 32")
+    crops = sorted(set(args.crop))
+    if any(c % 32 or c < 32 for c in crops):
+        raise SystemExit("--crop sizes must be positive multiples of 32")
     if args.train_folds and args.pannuke is None:
         raise SystemExit("--train-folds needs --pannuke")
-    train_sources = _sources(args.pannuke, args.train_folds, args.data)
+    train_sources = _sources(args.pannuke, args.train_folds, args.data, args.mpp)
     if not train_sources:
         raise SystemExit("no training data: give --pannuke with --train-folds, or --data")
     val_folds = [args.val_fold] if args.val_fold is not None else []
-    val_sources = _sources(args.pannuke, val_folds, args.val_data)
-    config = ModelConfig(
-        name=args.name,
-        version=args.model_version,
-        arch=args.arch,
-        mpp=args.mpp,
-        tile_size=args.tile_size,
-        stem_channels=args.stem_channels,
-        extra={
-            "train_data": _describe(args.pannuke, args.train_folds, args.data),
-            "val_data": _describe(args.pannuke, val_folds, args.val_data),
-            "seed": args.seed,
-            **({"licence": args.licence} if args.licence else {}),
-        },
-    )
+    val_sources = _sources(args.pannuke, val_folds, args.val_data, args.mpp)
+    split_note: dict[str, Any] = {}
+    if args.val_split is not None:
+        carved_train: list[Source] = []
+        for src in train_sources:
+            if isinstance(src, FolderSource):
+                tr, va = split_by_group(src, args.val_split, args.seed)
+                carved_train.append(tr)
+                val_sources.append(va)
+                split_note["/".join(src.root.resolve().parts[-2:])] = sorted(
+                    {group_of(src.names[i]) for i in va.indices}
+                )
+            else:
+                carved_train.append(src)
+        train_sources = carved_train
+    try:
+        config = ModelConfig(
+            name=args.name,
+            version=args.model_version,
+            arch=args.arch,
+            mpp=args.mpp,
+            tile_size=args.tile_size or crops[-1],
+            overlap=args.overlap,
+            attention_window=args.attention_window,
+            stem_channels=args.stem_channels,
+            extra={
+                "train_data": _describe(args.pannuke, args.train_folds, args.data),
+                "val_data": _describe(args.pannuke, val_folds, args.val_data),
+                **({"val_split": split_note} if split_note else {}),
+                **({"encoder_weights": str(args.encoder_weights)} if args.encoder_weights else {}),
+                "seed": args.seed,
+                **({"licence": args.licence} if args.licence else {}),
+            },
+        )
+    except CheckpointError as exc:
+        raise SystemExit(f"wsi-infer-train: {exc}") from None
     settings = TrainSettings(
         out=args.out,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        crop=args.crop,
+        crop=crops[0],
+        extra_crops=tuple(crops[1:]),
         lr=args.lr,
+        encoder_weights=args.encoder_weights,
+        encoder_lr_scale=args.encoder_lr_scale,
+        freeze_encoder=args.freeze_encoder,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
         max_steps=args.max_steps,
@@ -159,7 +230,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         loss=LossWeights(tversky_alpha=args.tversky_alpha, tversky_beta=args.tversky_beta),
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    result = train(train_sources, val_sources, config, settings)
+    try:
+        result = train(train_sources, val_sources, config, settings)
+    except CheckpointError as exc:
+        raise SystemExit(f"wsi-infer-train: {exc}") from None
     click.echo(json.dumps(result, indent=2))
     return 0
 
@@ -234,3 +308,78 @@ def _hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wsi-infer-tune",
+        description="Choose a checkpoint's post-processing thresholds on its validation split "
+        "(the --val-split groups recorded in its config, and/or --val-data) and write them "
+        "into its config.json.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (rewritten in place)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the training folders: their validation groups are taken from the config",
+    )
+    p.add_argument("--val-data", type=Path, nargs="+", default=[], help="validation folders")
+    p.add_argument("--export", type=Path, help="also write the result here (float16)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """``wsi-infer-tune``: returns the exit status."""
+    import dataclasses
+
+    from training.data import Subset
+    from training.loop import tune_checkpoint
+    from training.tune import nucleus_area_percentiles
+    from wsi_infer.errors import CheckpointError
+    from wsi_infer.model import load_model, save_checkpoint
+
+    args = tune_parser().parse_args(argv)
+    _setup(args.threads, not args.quiet)
+    try:
+        loaded = load_model(args.checkpoint)
+    except CheckpointError as exc:
+        raise SystemExit(f"wsi-infer-tune: {exc}") from None
+    config = loaded.config
+    recorded: dict[str, list[str]] = config.extra.get("val_split", {})
+    val_sources: list[Source] = []
+    train_sources: list[Source] = []
+    for d in args.data:
+        src = FolderSource(d, target_mpp=config.mpp)
+        key = "/".join(Path(d).resolve().parts[-2:])
+        groups = set(recorded.get(key, []))
+        if not groups:
+            raise SystemExit(
+                f"wsi-infer-tune: {d}: the checkpoint records no validation split for it"
+            )
+        val = [i for i, n in enumerate(src.names) if group_of(n) in groups]
+        rest = [i for i, n in enumerate(src.names) if group_of(n) not in groups]
+        val_sources.append(Subset(src, val, str(d)))
+        train_sources.append(Subset(src, rest, str(d)))
+    val_sources.extend(FolderSource(d, target_mpp=config.mpp) for d in args.val_data)
+    if not val_sources:
+        raise SystemExit("wsi-infer-tune: no validation data: give --data and/or --val-data")
+    if config.train_area_um2 is None and train_sources:
+        module = loaded.module
+        module.config = dataclasses.replace(
+            config, train_area_um2=nucleus_area_percentiles(train_sources, config.mpp)
+        )
+        save_checkpoint(module, args.checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = tune_checkpoint(args.checkpoint, val_sources, device, args.export)
+    click.echo(
+        json.dumps(
+            {"before": report["before"], "after": report["after"], "images": report["images"]},
+            indent=2,
+            default=str,
+        )
+    )
+    return 0

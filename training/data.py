@@ -10,14 +10,22 @@ Two on-disk layouts are read:
 
 * PanNuke folds (``Fold 1/images/fold1/images.npy`` ...), memory-mapped so that
   no fold is ever loaded whole into RAM;
-* folders ``images/NAME.(jpg|png)`` + ``labels.npz`` (``inst``, optional
-  ``types``, ``names``), as the CoNSeP / MoNuSeg folders of the shared data.
+* folders ``images/NAME.(jpg|png)`` + ``labels.npz``: either stacked arrays
+  (``inst`` (N, H, W), optional ``types``) or, where the images differ in size,
+  one ``inst_NAME`` (and optional ``types_NAME``) array per image; ``names``;
+  optional ``mpp`` (one value, or one per image).  Images whose ``mpp`` differs
+  from the model's are resampled to it (bilinear image, nearest labels).
+
+:func:`split_by_group` carves a validation split out of training data by source
+image or slide (patches of one image never sit on both sides).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,16 +37,19 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "IGNORE_INDEX",
+    "CropBatchSampler",
     "FolderSource",
     "PanNukeFold",
     "PatchDataset",
     "Sample",
     "Source",
+    "Subset",
     "build_targets",
     "find_pannuke_fold",
     "normalise_image",
     "pannuke_to_sample",
     "per_instance_distance",
+    "split_by_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,36 +186,75 @@ class PanNukeFold:
 
 
 class FolderSource:
-    """``images/NAME.(jpg|png)`` + ``labels.npz`` (``inst``, optional ``types``, ``names``).
+    """``images/NAME.(jpg|png)`` + ``labels.npz``, one sample per image.
 
-    Without ``types`` the type target is :data:`IGNORE_INDEX` on nuclei and 0
-    on background, so that such data trains segmentation only.  ``tissue``
+    ``labels.npz`` holds ``names`` and either stacked ``inst`` (N, H, W) (with
+    optional ``types``) or, for images of different sizes, ``inst_NAME`` (and
+    optional ``types_NAME``) per image.  An optional ``mpp`` (a scalar or one
+    value per image) gives each image's resolution: with ``target_mpp`` set,
+    images more than 5 % off are resampled to it (image bilinear, labels
+    nearest), so a 20x image trains a 40x model at its scale.
+
+    Without types the type target is :data:`IGNORE_INDEX` on nuclei and 0 on
+    background, so that such data trains segmentation only.  ``tissue``
     defaults to the folder's name (its parent's name when that is a split name
     such as ``train``).
     """
 
     SPLITS = ("train", "test", "val", "valid", "validation")
+    #: Relative resolution difference under which an image is used as it is.
+    MPP_TOLERANCE = 0.05
 
-    def __init__(self, root: str | Path, tissue: str | None = None) -> None:
+    def __init__(
+        self, root: str | Path, tissue: str | None = None, target_mpp: float | None = None
+    ) -> None:
         self.root = Path(root)
         labels_file = self.root / "labels.npz"
         if not labels_file.is_file():
             raise FileNotFoundError(f"{self.root}: no labels.npz")
+        self.inst: list[NDArray[np.integer]] = []
+        self.types: list[NDArray[np.integer]] | None = None
         with np.load(labels_file) as z:
-            if "inst" not in z.files:
-                raise ValueError(f"{labels_file}: no 'inst' array")
-            self.inst = z["inst"]
-            self.types = z["types"] if "types" in z.files else None
-            names = z["names"] if "names" in z.files else None
-        if names is None:
-            files = sorted(
-                p for p in (self.root / "images").iterdir() if p.suffix.lower() in (".jpg", ".png")
-            )
-            self.names = [p.stem for p in files]
-        else:
-            self.names = [str(n) for n in names]
+            files = set(z.files)
+            if "names" in files:
+                self.names = [str(n) for n in z["names"]]
+            else:
+                image_files = sorted(
+                    p
+                    for p in (self.root / "images").iterdir()
+                    if p.suffix.lower() in (".jpg", ".png")
+                )
+                self.names = [p.stem for p in image_files]
+            if "inst" in files:
+                stacked = z["inst"]
+                self.inst = list(stacked)
+                if "types" in files:
+                    self.types = list(z["types"])
+            elif self.names and all(f"inst_{n}" in files for n in self.names):
+                self.inst = [z[f"inst_{n}"] for n in self.names]
+                if all(f"types_{n}" in files for n in self.names):
+                    self.types = [z[f"types_{n}"] for n in self.names]
+            else:
+                missing = [n for n in self.names if f"inst_{n}" not in files][:3]
+                raise ValueError(
+                    f"{labels_file}: no 'inst' array and no per-image 'inst_NAME' arrays "
+                    f"(missing e.g. {missing or ['names']})"
+                )
+            mpp = z["mpp"] if "mpp" in files else None
         if len(self.names) != len(self.inst):
             raise ValueError(f"{labels_file}: {len(self.names)} names for {len(self.inst)} masks")
+        if mpp is None:
+            self.mpp: list[float | None] = [None] * len(self.names)
+        else:
+            values = np.atleast_1d(np.asarray(mpp, dtype=np.float64))
+            if values.size == 1:
+                values = np.repeat(values, len(self.names))
+            if values.size != len(self.names):
+                raise ValueError(
+                    f"{labels_file}: {values.size} mpp values for {len(self.names)} images"
+                )
+            self.mpp = [float(v) for v in values]
+        self.target_mpp = target_mpp
         self.typed = self.types is not None
         if tissue is None:
             tissue = self.root.name
@@ -224,9 +274,18 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.names)
 
+    def zoom(self, index: int) -> float:
+        """Factor by which image ``index`` is resampled (1 when used as it is)."""
+        mpp = self.mpp[index]
+        if mpp is None or self.target_mpp is None:
+            return 1.0
+        f = mpp / self.target_mpp
+        return 1.0 if abs(f - 1.0) <= self.MPP_TOLERANCE else f
+
     def shape(self, index: int) -> tuple[int, int]:
         h, w = self.inst[index].shape
-        return int(h), int(w)
+        f = self.zoom(index)
+        return round(int(h) * f), round(int(w) * f)
 
     def __getitem__(self, index: int) -> Sample:
         from PIL import Image
@@ -242,7 +301,88 @@ class FolderSource:
             raise ValueError(
                 f"{self._files[index]}: image {image.shape[:2]} and mask {inst.shape} differ"
             )
+        f = self.zoom(index)
+        if f != 1.0:
+            image, inst, types = _resample(image, inst, types, self.shape(index))
         return Sample(image, inst, types, self.tissue, self.names[index])
+
+
+def _resample(
+    image: NDArray[np.uint8],
+    inst: NDArray[np.uint32],
+    types: NDArray[np.uint8],
+    shape: tuple[int, int],
+) -> tuple[NDArray[np.uint8], NDArray[np.uint32], NDArray[np.uint8]]:
+    """Image bilinear (area when shrinking), label maps nearest, to ``shape`` (h, w)."""
+    import cv2
+
+    h, w = shape
+    interp = cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_LINEAR
+    img = np.asarray(cv2.resize(image, (w, h), interpolation=interp), np.uint8)
+    ins = relabel_sequential(inst)
+    if int(ins.max(initial=0)) > np.iinfo(np.uint16).max:
+        raise ValueError("more than 65535 instances in one image")
+    nearest = cv2.INTER_NEAREST_EXACT
+    ins16 = cv2.resize(ins.astype(np.uint16), (w, h), interpolation=nearest)
+    typ = np.asarray(cv2.resize(types, (w, h), interpolation=nearest), np.uint8)
+    return img, np.asarray(ins16, np.uint32), typ
+
+
+class Subset:
+    """Some samples of a source, by index (a validation split, say)."""
+
+    def __init__(self, source: Source, indices: Sequence[int], label: str = "") -> None:
+        self.source = source
+        self.indices = list(indices)
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.source[self.indices[index]]
+
+    def shape(self, index: int) -> tuple[int, int]:
+        shape = getattr(self.source, "shape", None)
+        if shape is None:
+            raise AttributeError("shape")
+        result: tuple[int, int] = shape(self.indices[index])
+        return result
+
+
+#: A patch name's source image or slide: the name without a trailing ``_NNN`` (CoNSeP's
+#: ``train_10_003`` -> ``train_10``, TNBC's ``tnbc_s01_02`` -> ``tnbc_s01``).
+_GROUP = re.compile(r"^(.+?)[_-]\d+$")
+
+
+def group_of(name: str) -> str:
+    m = _GROUP.match(name)
+    return m.group(1) if m else name
+
+
+def split_by_group(source: Source, fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """``(train, val)`` subsets of ``source``, about ``fraction`` of its source images in val.
+
+    Patches are grouped by :func:`group_of` their name, so patches cut from one
+    image (or slide) are never on both sides.  Groups are ranked by a hash of
+    their name and ``seed``, so the split does not depend on order or machine.
+    At least one group goes to each side when the source has two or more.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction {fraction} is not between 0 and 1")
+    names = getattr(source, "names", None)
+    if names is None:
+        names = [source[i].name for i in range(len(source))]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(group_of(str(name)), []).append(i)
+    ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    n_val = min(max(1, round(len(ranked) * fraction)), len(ranked) - 1) if len(ranked) > 1 else 0
+    val_groups = set(ranked[:n_val])
+    val = [i for g in ranked if g in val_groups for i in groups[g]]
+    train = [i for g in ranked if g not in val_groups for i in groups[g]]
+    label = str(getattr(source, "root", ""))
+    return Subset(source, sorted(train), label), Subset(source, sorted(val), label)
 
 
 # --------------------------------------------------------------------------- targets
@@ -312,56 +452,73 @@ def normalise_image(
 # --------------------------------------------------------------------------- dataset
 
 
-def _area_weight(source: Source, index: int, tile: int) -> int:
-    """How many crops an image is worth: its area in ``tile``-sized patches (at least 1)."""
+def _shape(source: Source, index: int) -> tuple[int, int] | None:
     shape = getattr(source, "shape", None)
     if shape is None:
-        return 1
+        return None
     h, w = shape(index)
-    return max(1, round(h * w / (tile * tile)))
+    return int(h), int(w)
 
 
 class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Random crops of the samples of several sources, augmented, with targets.
 
-    Large images (e.g. MoNuSeg's 1000 x 1000) appear once per 256 x 256 of
-    their area per epoch, each time with another random crop.  ``augment`` is
-    a callable ``(image, inst, types, rng) -> (image, inst, types)`` producing
-    ``crop x crop`` arrays (see :class:`training.augment.Augmenter`).
+    Items are ``(crop, sample)`` pairs built per epoch by :meth:`items`: each
+    image is worth its area in crops of its size (at least one), so large images
+    (MoNuSeg's 1000 x 1000) are seen in proportion, each time through another
+    random crop.  With several crop sizes, an image at least as large as a size
+    may be cut at that size; smaller images use the smallest.  ``augment(crop)``
+    returns a callable ``(image, inst, types, rng) -> (image, inst, types)``
+    producing ``crop x crop`` arrays (see :class:`training.augment.Augmenter`).
     """
 
     def __init__(
         self,
         sources: Sequence[Source],
-        augment: AugmentFn,
+        augment: Callable[[int], AugmentFn],
         mean: Sequence[float],
         std: Sequence[float],
         seed: int = 0,
-        area_tile: int = 256,
+        crops: Sequence[int] = (256,),
     ) -> None:
         self.sources = list(sources)
-        self.augment = augment
+        self.crops = sorted(set(crops))
+        self.augmenters = {c: augment(c) for c in self.crops}
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.seed = seed
         self.epoch = 0
-        self.index: list[tuple[int, int]] = []
-        for s, src in enumerate(self.sources):
-            for i in range(len(src)):
-                self.index.extend([(s, i)] * _area_weight(src, i, area_tile))
+        self._shapes = [[_shape(src, i) for i in range(len(src))] for src in self.sources]
 
     def set_epoch(self, epoch: int) -> None:
         """Make the random crops and augmentations of an epoch reproducible."""
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.index)
+    def items(self, epoch: int) -> list[tuple[int, int, int]]:
+        """The epoch's ``(crop, source, index)`` items, in a fixed order."""
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        base = self.crops[0]
+        out: list[tuple[int, int, int]] = []
+        for s, shapes in enumerate(self._shapes):
+            for i, shape in enumerate(shapes):
+                if shape is None:
+                    out.append((base, s, i))
+                    continue
+                h, w = shape
+                fits = [c for c in self.crops if min(h, w) >= c] or [base]
+                crop = fits[int(rng.integers(len(fits)))]
+                n = max(1, round(h * w / (crop * crop)))
+                out.extend([(crop, s, i)] * n)
+        return out
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        s, i = self.index[item]
+    def __len__(self) -> int:
+        return len(self.items(self.epoch))
+
+    def __getitem__(self, item: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
+        crop, s, i, k = item
         sample = self.sources[s][i]
-        rng = np.random.default_rng([self.seed, self.epoch, item])
-        image, inst, types = self.augment(sample.image, sample.inst, sample.types, rng)
+        rng = np.random.default_rng([self.seed, self.epoch, s, i, k])
+        image, inst, types = self.augmenters[crop](sample.image, sample.inst, sample.types, rng)
         t = build_targets(inst, types)
         return {
             "image": torch.from_numpy(normalise_image(image, self.mean, self.std)),
@@ -369,3 +526,41 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             "distance": torch.from_numpy(t["distance"]),
             "type": torch.from_numpy(t["type"]),
         }
+
+
+class CropBatchSampler(torch.utils.data.Sampler[list[tuple[int, int, int, int]]]):
+    """Batches of one crop size each: ``batch_size`` crops of the smallest size, and
+    ``batch_size * (smallest / crop)^2`` (at least 1) of larger ones, so that every
+    batch holds about the same number of pixels.  Shuffled per epoch, reproducibly;
+    incomplete batches are dropped."""
+
+    def __init__(self, dataset: PatchDataset, batch_size: int, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def per_batch(self, crop: int) -> int:
+        base = self.dataset.crops[0]
+        return max(1, round(self.batch_size * (base / crop) ** 2))
+
+    def batches(self) -> list[list[tuple[int, int, int, int]]]:
+        epoch = self.dataset.epoch
+        rng = np.random.default_rng([self.seed, epoch, 11])
+        items = self.dataset.items(epoch)
+        by_crop: dict[int, list[tuple[int, int, int, int]]] = {}
+        for k, (crop, s, i) in enumerate(items):
+            by_crop.setdefault(crop, []).append((crop, s, i, k))
+        batches = []
+        for crop in sorted(by_crop):
+            group = by_crop[crop]
+            order = rng.permutation(len(group))
+            n = self.per_batch(crop)
+            for b in range(len(group) // n):
+                batches.append([group[j] for j in order[b * n : (b + 1) * n]])
+        return [batches[j] for j in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())

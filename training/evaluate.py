@@ -47,10 +47,12 @@ def predict_maps(
     images: list[NDArray[np.uint8]],
     device: torch.device | str = "cpu",
 ) -> NDArray[np.uint8]:
-    """Compact maps ``(B, H, W, 4)`` of equally sized RGB images (padded to a multiple of 32)."""
+    """Compact maps ``(B, H, W, 4)`` of equally sized RGB images (reflect-padded to the
+    model's input multiple)."""
     x = np.stack([normalise_image(im, config.mean, config.std) for im in images])
     h, w = x.shape[-2:]
-    ph, pw = (-h) % 32, (-w) % 32
+    k = config.input_multiple
+    ph, pw = (-h) % k, (-w) % k
     t = torch.from_numpy(x).to(device)
     if ph or pw:
         t = F.pad(t, (0, pw, 0, ph), mode="reflect")

@@ -13,6 +13,7 @@ Output directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,12 +29,13 @@ import torch
 from tqdm import tqdm
 
 from training.augment import Augmenter
-from training.data import IGNORE_INDEX, PatchDataset, Source
+from training.data import IGNORE_INDEX, CropBatchSampler, PatchDataset, Source
 from training.evaluate import evaluate, model_predictor
 from training.losses import LossWeights, NucleusLoss
 from training.metrics import jsonable
+from training.tune import nucleus_area_percentiles, tune_postprocess
 from wsi_infer.config import ModelConfig
-from wsi_infer.model import NucleusSegFormer, save_checkpoint
+from wsi_infer.model import NucleusSegFormer, load_encoder_weights, save_checkpoint
 
 __all__ = ["TrainSettings", "class_weights_from", "plot_curves", "seed_everything", "train"]
 
@@ -51,7 +53,15 @@ class TrainSettings:
     epochs: int = 50
     batch_size: int = 8
     crop: int = 256
+    #: further crop sizes (larger images are also cut at these; batches keep the pixel count)
+    extra_crops: tuple[int, ...] = ()
     lr: float = 1e-3
+    #: pretrained MiT weights for the encoder: a Hugging Face id or a save_pretrained directory
+    encoder_weights: str | None = None
+    #: the encoder's learning rate is ``lr * encoder_lr_scale`` (layer-wise rates for fine-tuning)
+    encoder_lr_scale: float = 1.0
+    #: fraction of the run during which the encoder is frozen (the new decoder warms up first)
+    freeze_encoder: float = 0.0
     weight_decay: float = 1e-2
     schedule: str = "cosine"  # or "onecycle"
     warmup: float = 0.03  # fraction of the steps (cosine)
@@ -69,6 +79,8 @@ class TrainSettings:
     grad_clip: float = 1.0
     loss: LossWeights = field(default_factory=LossWeights)
     progress: bool = True
+    #: choose the post-processing thresholds on the validation data after training
+    tune: bool = True
 
 
 def seed_everything(seed: int) -> None:
@@ -156,14 +168,29 @@ def train(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_amp = device.type == "cuda"
 
-    module = NucleusSegFormer(model_config).to(device)
+    if model_config.train_area_um2 is None:
+        model_config = dataclasses.replace(
+            model_config,
+            train_area_um2=nucleus_area_percentiles(train_sources, model_config.mpp),
+        )
+    module = NucleusSegFormer(model_config)
+    if s.encoder_weights and not (s.resume and (out / "state.pt").is_file()):
+        load_encoder_weights(module, s.encoder_weights)
+    module.to(device)
     if s.loss.class_weights is None:
         s.loss.class_weights = class_weights_from(train_sources, model_config.num_classes + 1)
         logger.info("type class weights: %s", [round(w, 3) for w in s.loss.class_weights])
     criterion = NucleusLoss(s.loss).to(device)
-    augmenter = Augmenter(crop=s.crop, train=True)
-    dataset = PatchDataset(train_sources, augmenter, model_config.mean, model_config.std, s.seed)
-    steps_per_epoch = len(dataset) // s.batch_size
+    dataset = PatchDataset(
+        train_sources,
+        lambda crop: Augmenter(crop=crop, train=True),
+        model_config.mean,
+        model_config.std,
+        s.seed,
+        crops=(s.crop, *s.extra_crops),
+    )
+    sampler = CropBatchSampler(dataset, s.batch_size, s.seed)
+    steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} training items do not fill one batch of {s.batch_size}")
     total_steps = steps_per_epoch * s.epochs
@@ -171,10 +198,28 @@ def train(
         total_steps = min(total_steps, s.max_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    optimizer = torch.optim.AdamW(module.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    encoder_params = list(module.encoder.parameters())
+    enc_ids = {id(p) for p in encoder_params}
+    head_params = [p for p in module.parameters() if id(p) not in enc_ids]
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": encoder_params,
+                "lr": s.lr * s.encoder_lr_scale,
+                "scale": s.encoder_lr_scale,
+            },
+            {"params": head_params, "lr": s.lr, "scale": 1.0},
+        ],
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+    )
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     if s.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=total_steps)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            [s.lr * g["scale"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+        )
     elif s.schedule != "cosine":
         raise ValueError(f"unknown schedule {s.schedule!r}")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -255,14 +300,10 @@ def train(
         if step >= total_steps or budget_spent:
             break
         dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=s.batch_size,
-            shuffle=True,
-            drop_last=True,
+            batch_sampler=sampler,
             num_workers=s.workers,
-            generator=gen,
             persistent_workers=False,
         )
         epoch_t0 = time.monotonic()
@@ -273,13 +314,16 @@ def train(
         for batch in bar:
             if step >= total_steps:
                 break
+            prog = progress()
+            frozen = prog < s.freeze_encoder
+            for p in encoder_params:
+                p.requires_grad_(not frozen)
             if scheduler is None:
-                prog = progress()
                 if s.time_budget and prog >= 1.0:
                     budget_spent = True
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = s.lr * cosine_factor(prog, s.warmup)
+                    group["lr"] = s.lr * group["scale"] * cosine_factor(prog, s.warmup)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, enabled=use_amp):
                 logits = module(batch["image"])
@@ -365,6 +409,8 @@ def train(
         save_checkpoint(module, out / "best")
         if s.export_dir is not None:
             save_checkpoint(module, s.export_dir, half=True)
+    elif s.tune and (out / "best" / "model.safetensors").is_file():
+        tune_checkpoint(out / "best", val_sources, device, s.export_dir)
     result = {
         "best": jsonable(best_summary),
         "best_metric": BEST_METRIC,
@@ -374,3 +420,34 @@ def train(
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def tune_checkpoint(
+    checkpoint: Path,
+    val_sources: Sequence[Source],
+    device: torch.device | str = "cpu",
+    export_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Tune the post-processing of ``checkpoint`` on ``val_sources`` and write the chosen
+    values into its config (and ``export_dir``'s, float16); the report goes to
+    ``checkpoint/tune.json``."""
+    from wsi_infer.model import load_model
+
+    loaded = load_model(checkpoint)
+    module = loaded.module.to(device)
+    values, report = tune_postprocess(module, loaded.config, val_sources, device=device)
+    module.config = dataclasses.replace(loaded.config, **values)
+    meta = {"postprocess": json.dumps(values, sort_keys=True)}
+    save_checkpoint(module, checkpoint, metadata=meta)
+    if export_dir is not None:
+        save_checkpoint(module, export_dir, half=True, metadata=meta)
+    (checkpoint / "tune.json").write_text(json.dumps(jsonable(report), indent=1) + "\n")
+    after = report["after"]["scores"]
+    logger.info(
+        "post-processing tuned on %d images: %s; bPQ %.4f -> %.4f",
+        report["images"],
+        values,
+        report["before"]["scores"]["bPQ"],
+        after["bPQ"],
+    )
+    return report

@@ -176,7 +176,8 @@ def run_slide(
     subclasses for bad input; a run that fails midway leaves its store marked
     ``failed``, resumable once the cause is fixed.
     """
-    params = params or RunParams()
+    params = params or RunParams.for_model(backend.config)
+    params.check_model(backend.config)
     started, t0 = _now(), time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)

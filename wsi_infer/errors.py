@@ -15,6 +15,7 @@ __all__ = [
     "MissingMppError",
     "OutputExistsError",
     "OutputWriteError",
+    "ParameterError",
     "SlideNotFoundError",
     "SlideReadError",
     "UnsupportedSlideError",
@@ -56,6 +57,10 @@ class IncompleteStoreError(WsiInferError, ValueError):
 
 class ManifestError(WsiInferError, ValueError):
     """A batch manifest or slide list is malformed."""
+
+
+class ParameterError(WsiInferError, ValueError):
+    """Run parameters that the model or the slide cannot work with."""
 
 
 class CheckpointError(WsiInferError, ValueError):

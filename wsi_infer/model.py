@@ -11,39 +11,53 @@ light upsampling path with skip features from a small convolutional stem at
   watershed;
 * ``type``: background + one logit per nucleus class.
 
-The encoder is built from a config: nothing is ever downloaded.
+The encoder is built from a config; :func:`load_encoder_weights` copies in
+pretrained Mix-Transformer weights (a Hugging Face id such as ``nvidia/mit-b2``,
+downloaded by ``transformers`` where the internet is reachable, or a local
+directory written by ``save_pretrained``).  Loading a checkpoint never downloads.
+
+With ``config.attention_window`` set, every self-attention layer of the encoder
+attends within square windows of that many input pixels (see
+:class:`WindowedSegformerAttention`); the weights are those of plain MiT.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsi_infer.config import ARCHITECTURES, ModelConfig
+from wsi_infer.config import (
+    ARCHITECTURES,
+    BUNDLED_MODELS,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    file_sha256,
+    model_config,
+    resolve_checkpoint,
+)
 from wsi_infer.errors import CheckpointError
 
 __all__ = [
     "BUNDLED_MODELS",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
     "LoadedModel",
     "NucleusSegFormer",
+    "file_sha256",
+    "load_encoder_weights",
     "load_model",
+    "model_config",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-#: Models shipped inside the package, by name.
-BUNDLED_MODELS = ("default",)
 
 
 def _conv_bn_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -64,17 +78,15 @@ class NucleusSegFormer(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        from transformers import SegformerConfig, SegformerModel
+        from transformers import SegformerModel
+
+        from wsi_infer.mit import encoder_config, window_attention
 
         self.config = config
         arch = ARCHITECTURES[config.arch]
-        enc_cfg = SegformerConfig(
-            depths=arch["depths"],
-            hidden_sizes=arch["hidden_sizes"],
-            decoder_hidden_size=arch["decoder_hidden_size"],
-            drop_path_rate=0.1,
-        )
-        self.encoder = SegformerModel(enc_cfg)
+        self.encoder = SegformerModel(encoder_config(config.arch))
+        if config.attention_window:
+            window_attention(self.encoder, config.attention_window)
         d = int(arch["decoder_hidden_size"])
         self.proj = nn.ModuleList(nn.Conv2d(c, d, 1) for c in arch["hidden_sizes"])
         self.fuse = nn.Sequential(nn.Conv2d(4 * d, d, 1, bias=False), nn.BatchNorm2d(d), nn.GELU())
@@ -107,6 +119,59 @@ class NucleusSegFormer(nn.Module):
         return out
 
 
+def load_encoder_weights(module: NucleusSegFormer, source: str | Path) -> str:
+    """Copy pretrained MiT encoder weights into ``module``; returns a description.
+
+    ``source`` is a local directory written by ``SegformerModel.save_pretrained``
+    (or by any SegFormer checkpoint's ``save_pretrained``) or a Hugging Face id
+    such as ``nvidia/mit-b0`` (downloaded by ``transformers``, which needs the
+    internet once, then its cache).  The encoder's size must match the model's
+    ``arch``: a mismatch is a one-line :class:`CheckpointError`.
+    """
+    from transformers import SegformerModel
+
+    path = Path(source)
+    local = path.is_dir()
+    if not local and (path.exists() or str(source).startswith((".", "/", "~"))):
+        raise CheckpointError(
+            f"{source}: not a directory of SegFormer weights (expected config.json and "
+            "model.safetensors written by save_pretrained)"
+        )
+    try:
+        pretrained = SegformerModel.from_pretrained(str(source), local_files_only=local)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{source}: cannot load SegFormer encoder weights ({first}); give a local "
+            "directory written by save_pretrained, or a Hugging Face id such as nvidia/mit-b2 "
+            "on a machine that reaches the hub"
+        ) from None
+    want = ARCHITECTURES[module.config.arch]
+    got_sizes = list(pretrained.config.hidden_sizes)
+    got_depths = list(pretrained.config.depths)
+    if got_sizes != want["hidden_sizes"] or got_depths != want["depths"]:
+        raise CheckpointError(
+            f"{source}: encoder has hidden sizes {got_sizes} and depths {got_depths}, but "
+            f"arch {module.config.arch} needs {want['hidden_sizes']} and {want['depths']}; "
+            f"pass the --arch that matches the weights"
+        )
+    state = pretrained.state_dict()
+    try:
+        missing, unexpected = module.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # torch's "size mismatch for ..."
+        raise CheckpointError(
+            f"{source}: encoder weights do not fit arch {module.config.arch} "
+            f"({str(exc).strip().splitlines()[-1].strip()})"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: encoder weights do not fit (missing {len(missing)}, unexpected "
+            f"{len(unexpected)}, e.g. {(list(missing) + list(unexpected))[:3]})"
+        )
+    logger.info("encoder weights of MiT-%s loaded from %s", module.config.arch, source)
+    return f"{source}"
+
+
 class LoadedModel:
     """A model with its config and the identity of its checkpoint."""
 
@@ -115,34 +180,6 @@ class LoadedModel:
         self.config = config
         self.sha256 = sha256
         self.source = source
-
-
-def _bundled_dir(name: str) -> Path:
-    return Path(str(resources.files("wsi_infer") / "models" / name))
-
-
-def resolve_checkpoint(model: str | Path) -> Path:
-    """Turn a bundled model's name or a path into a checkpoint directory."""
-    if isinstance(model, str) and model in BUNDLED_MODELS:
-        path = _bundled_dir(model)
-    else:
-        path = Path(model)
-        if path.is_file() and path.name in (WEIGHTS_FILE, CONFIG_FILE):
-            path = path.parent
-    if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
-        raise CheckpointError(
-            f"{path}: not a model checkpoint (needs {WEIGHTS_FILE} and {CONFIG_FILE}); "
-            f"pass a checkpoint directory or one of {list(BUNDLED_MODELS)}"
-        )
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(model: str | Path = "default") -> LoadedModel:

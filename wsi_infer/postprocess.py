@@ -15,7 +15,9 @@ scaled to 0..255.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +31,8 @@ __all__ = [
     "segment",
 ]
 
-#: Channels of a compact map: foreground prob, distance, argmax class (0 = bg), its prob.
+#: Channels of a compact map: foreground prob, distance, most likely nucleus class (1..K),
+#: its probability among the nucleus classes.
 MAP_CHANNELS = ("foreground", "distance", "type", "type_prob")
 
 
@@ -40,20 +43,43 @@ class PostprocessParams:
     foreground_threshold: float = 0.5
     marker_threshold: float = 0.5
     min_area: int = 12
+    min_marker_area: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.foreground_threshold < 1 or not 0 < self.marker_threshold < 1:
             raise ValueError("thresholds must lie strictly between 0 and 1")
         if self.min_area < 1:
             raise ValueError("min_area must be at least 1")
+        if self.min_marker_area < 0:
+            raise ValueError("min_marker_area must not be negative")
+
+    @classmethod
+    def for_model(cls, config: Any, **overrides: Any) -> PostprocessParams:
+        """The model's own defaults (thresholds, areas in µm² at its mpp), then ``overrides``
+        (``None`` values are ignored)."""
+        px = config.mpp**2
+        values: dict[str, Any] = {
+            "foreground_threshold": config.foreground_threshold,
+            "marker_threshold": config.marker_threshold,
+            "min_area": max(1, math.ceil(config.min_nucleus_area_um2 / px)),
+            "min_marker_area": math.ceil(config.min_marker_area_um2 / px),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 def logits_to_maps(logits: NDArray[np.floating]) -> NDArray[np.uint8]:
-    """Network output ``(B, C, H, W)`` logits -> compact maps ``(B, H, W, 4)`` uint8."""
+    """Network output ``(B, C, H, W)`` logits -> compact maps ``(B, H, W, 4)`` uint8.
+
+    Channels: foreground and distance probabilities, then the most likely
+    nucleus class (1..K) and its probability among the K nucleus classes.  The
+    type head's background logit is left out: whether a pixel is a nucleus is
+    the foreground head's call, so every nucleus gets a class.
+    """
     logits = np.asarray(logits, dtype=np.float32)
     fg = 1.0 / (1.0 + np.exp(-logits[:, 0]))
     dist = 1.0 / (1.0 + np.exp(-logits[:, 1]))
-    t = logits[:, 2:]
+    t = logits[:, 3:]
     t = np.exp(t - t.max(axis=1, keepdims=True))
     t /= t.sum(axis=1, keepdims=True)
     cls = t.argmax(axis=1)
@@ -61,7 +87,7 @@ def logits_to_maps(logits: NDArray[np.floating]) -> NDArray[np.uint8]:
     out = np.empty((*fg.shape, 4), dtype=np.uint8)
     out[..., 0] = np.rint(fg * 255)
     out[..., 1] = np.rint(dist * 255)
-    out[..., 2] = cls
+    out[..., 2] = cls + 1
     out[..., 3] = np.rint(prob * 255)
     return out
 
@@ -82,6 +108,15 @@ def segment(
     # visited, this depends only on the pixel's neighbourhood, so a nucleus comes out the
     # same in every window that holds it whole.
     markers, n_markers = ndi.label(fg & (dist > round(params.marker_threshold * 255)))
+    if n_markers and params.min_marker_area > 1:
+        # Peaks too small to be a nucleus' core seed nothing: their pixels join a
+        # neighbouring core, or their piece of foreground becomes one nucleus.
+        sizes = np.bincount(markers.ravel())
+        small = sizes < params.min_marker_area
+        small[0] = False
+        if small.any():
+            markers[small[markers]] = 0
+            markers, n_markers = ndi.label(markers > 0)
     labels = np.zeros(fg.shape, dtype=np.int32)
     if n_markers:
         comps, _ = ndi.label(fg)

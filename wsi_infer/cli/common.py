@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -43,7 +43,7 @@ def verbose_option(f: F) -> F:
     )(f)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr, then exit non-zero (no traceback)."""
     click.echo(f"wsi-infer: error: {message}", err=True)
     sys.exit(code)

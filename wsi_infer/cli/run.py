@@ -60,17 +60,31 @@ EXIT_SOME_FAILED = 3
 )
 @click.option(
     "--tile-size",
-    default=512,
-    show_default=True,
     type=click.IntRange(min=64),
-    help="Model input edge in pixels (a multiple of 32).",
+    help="Model input edge in pixels [default: the model's own, from its config]. A "
+    "multiple of 32, and of the model's attention window if it has one.",
 )
 @click.option(
     "--overlap",
-    default=64,
-    show_default=True,
     type=click.IntRange(min=0),
-    help="Pixels of context shared by neighbouring tiles (even).",
+    help="Pixels of context shared by neighbouring tiles, even [default: the model's own].",
+)
+@click.option(
+    "--foreground-threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Nucleus probability above which a pixel is nucleus [default: the model's own].",
+)
+@click.option(
+    "--marker-threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Distance-map level above which a nucleus' core starts; higher splits more "
+    "[default: the model's own].",
+)
+@click.option(
+    "--min-area",
+    "min_area_um2",
+    type=click.FloatRange(min=0),
+    help="Smallest nucleus kept, in µm² [default: the model's own].",
 )
 @click.option(
     "--mpp",
@@ -124,8 +138,11 @@ def run(
     backend: str,
     device: str,
     batch_size: int,
-    tile_size: int,
-    overlap: int,
+    tile_size: int | None,
+    overlap: int | None,
+    foreground_threshold: float | None,
+    marker_threshold: float | None,
+    min_area_um2: float | None,
     mpp: float | None,
     threads: int,
     workers: int | None,
@@ -159,17 +176,27 @@ def run(
         raise click.UsageError("several slides need --out to be a folder, not NAME.zarr")
 
     from wsi_infer.engine import RunParams
+    from wsi_infer.model import model_config
 
     try:
-        params = RunParams(
+        config = model_config(model)
+    except WsiInferError as exc:
+        fail(str(exc))
+    try:
+        tissue = TissueParams(
+            enabled=not no_tissue_mask, mpp=tissue_mpp, saturation_threshold=tissue_threshold
+        )
+        params = RunParams.for_model(
+            config,
             tile_size=tile_size,
             overlap=overlap,
             batch_size=batch_size,
             mpp=mpp,
             workers=threads,
-            tissue=TissueParams(
-                enabled=not no_tissue_mask, mpp=tissue_mpp, saturation_threshold=tissue_threshold
-            ),
+            tissue=tissue,
+            foreground_threshold=foreground_threshold,
+            marker_threshold=marker_threshold,
+            min_area_um2=min_area_um2,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
