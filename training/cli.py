@@ -60,6 +60,12 @@ def _describe(
     return names
 
 
+def _weights_name(source: str) -> str:
+    """A Hugging Face id as it is; a local directory by its name only (no machine paths)."""
+    path = Path(source)
+    return path.name if path.is_dir() else source
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wsi-infer-train",
@@ -199,7 +205,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 "train_data": _describe(args.pannuke, args.train_folds, args.data),
                 "val_data": _describe(args.pannuke, val_folds, args.val_data),
                 **({"val_split": split_note} if split_note else {}),
-                **({"encoder_weights": str(args.encoder_weights)} if args.encoder_weights else {}),
+                **(
+                    {"encoder_weights": _weights_name(args.encoder_weights)}
+                    if args.encoder_weights
+                    else {}
+                ),
                 "seed": args.seed,
                 **({"licence": args.licence} if args.licence else {}),
             },
