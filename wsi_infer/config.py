@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,9 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        wrong = _type_problems(self)
+        if wrong:  # the checks below compare values: types first
+            raise CheckpointError("invalid model config: " + "; ".join(wrong))
         problems = []
         if self.arch not in ARCHITECTURES:
             problems.append(f"arch {self.arch!r} is not one of {sorted(ARCHITECTURES)}")
@@ -121,4 +126,58 @@ class ModelConfig:
             raise CheckpointError(f"{path}: cannot read model config ({exc})") from exc
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: model config must be a JSON object")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}; fix the file or re-export the model") from exc
+
+
+def _type_problems(config: ModelConfig) -> list[str]:
+    """Fields whose value does not have the annotated type (JSON lists count as tuples)."""
+    hints = typing.get_type_hints(type(config))
+    return [
+        f"{f.name} {getattr(config, f.name)!r} is not {_describe(hints[f.name])}"
+        for f in dataclasses.fields(config)
+        if not _is_a(getattr(config, f.name), hints[f.name])
+    ]
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_a(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _is_a(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if origin is dict:
+        return isinstance(value, dict) and all(_is_a(k, args[0]) for k in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: "a number", "a list of 3 integers", "lists of strings"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        count = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
+        words = f"list{'s' if plural else ''} of {count}{_describe(args[0], True)}"
+    elif origin is dict:
+        words = "objects" if plural else "object"
+    else:
+        noun = {float: "number", int: "integer", str: "string"}.get(hint, str(hint))
+        words = noun + "s" if plural else noun
+    if plural:
+        return words
+    return ("an " if words[0] in "aeiou" else "a ") + words
