@@ -98,7 +98,7 @@ def test_fresh_locks_are_respected(tmp_path: Path) -> None:
     me = LockOwner.me()
     # another host with a fresh heartbeat: it may be running
     write_lock(out, host="elsewhere.invalid")
-    with pytest.raises(StoreLockedError, match="host elsewhere.invalid"):
+    with pytest.raises(StoreLockedError, match=r"host elsewhere\.invalid"):
         StoreLock(out, stale_s=60).acquire()
     # this very process, in another lock object: alive
     write_lock(out, pid=me.pid, pid_start=me.pid_start, pid_namespace=me.pid_namespace)
