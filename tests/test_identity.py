@@ -147,6 +147,7 @@ def test_a_file_claiming_to_be_the_bundled_model_is_refused_at_load(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_store_records_the_file_that_ran_and_precisions_never_mix(
     models: dict[str, Path], crop: Path, tmp_path: Path
 ) -> None:
@@ -289,3 +290,21 @@ def test_slide_identity_reads_a_bounded_sample(tmp_path: Path) -> None:
         fh.seek((1 << 30) - 10)  # the tail is always read
         fh.write(b"x")
     assert slide_identity(big).sample_sha256 != a.sample_sha256
+
+
+def test_tiles_whose_maps_are_not_in_the_store_are_listed(tmp_path: Path) -> None:
+    """What the engine checks before it seals a store: every predicted tile is in it."""
+    from wsi_infer.predict import missing_tiles
+
+    maps = zarr.create_array(
+        str(tmp_path / "r.zarr" / "_scratch" / "maps"),
+        shape=(300, 300, 4),
+        chunks=(100, 100, 4),
+        dtype="uint8",
+        fill_value=0,
+    )
+    maps[0:100, 100:200] = 7  # tile (0, 1)
+    maps[200:300, 0:100] = 7  # tile (2, 0)
+    tiles = [(0, 0), (0, 1), (2, 0), (2, 2)]
+    assert missing_tiles(tmp_path / "r.zarr", tiles) == [(0, 0), (2, 2)]
+    assert missing_tiles(tmp_path / "elsewhere.zarr", tiles) == tiles
