@@ -135,17 +135,16 @@ def test_a_second_run_on_a_store_in_use_is_refused(
             time.sleep(0.005)
         first.send_signal(signal.SIGSTOP)  # alive, mid-run, for as long as the second one takes
         try:
-            second = run(cmd)
+            code, _, err = invoke(*cmd[3:])  # the second run, in this process
         finally:
             first.send_signal(signal.SIGCONT)
         _, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err
-    one_line_error(second.returncode, second.stderr, str(out), "in use by another wsi-infer run")
-    assert f"pid {first.pid}" in second.stderr
+    one_line_error(code, err, str(out), "in use by another wsi-infer run", f"pid {first.pid}")
     assert_same_store(out, finished, NUCLEI)  # the refused run changed nothing
     assert not lock_path(out).exists()
-    again = run(cmd[:-1])  # without -q: it says what it did
-    assert again.returncode == 0 and "already complete" in again.stdout
+    code, stdout, _ = invoke(*cmd[3:-1])  # a third one, without -q: it says what it did
+    assert code == 0 and "already complete" in stdout
 
 
 def test_a_killed_run_leaves_a_lock_the_next_run_takes_over(
