@@ -3,24 +3,30 @@
 Each tile's core goes into the store's scratch array as one zarr chunk; a chunk on
 disk is a tile done, so a run started again skips it.  Tasks run in threads of this
 process or on the workers of a dask cluster (each builds its own backend and reader,
-once per process).
+once per process).  Paths sent to workers are absolute, and a worker checks, once
+per process, that it sees the client's slide (size and sampled-content hash) and
+store (its random ``store_id``) before it writes anything.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from numpy.typing import NDArray
 
 from wsi_infer.backends import Backend, create_backend
-from wsi_infer.errors import CheckpointError
+from wsi_infer.errors import CheckpointError, IdentityMismatchError
+from wsi_infer.identity import slide_identity
 from wsi_infer.postprocess import logits_to_maps
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.tiling import TileGrid
@@ -30,6 +36,7 @@ __all__ = [
     "PredictJob",
     "RowTracker",
     "execute",
+    "missing_tiles",
     "normalise",
     "predict_tiles",
     "tile_done",
@@ -50,9 +57,10 @@ class BackendSpec:
 
     @classmethod
     def of(cls, backend: Backend) -> BackendSpec:
+        source = Path(backend.model_source)
         return cls(
             backend.name,
-            backend.model_source,
+            str(source.absolute()) if source.exists() else backend.model_source,
             backend.device,
             getattr(backend, "threads", None),
             backend.model_sha256,
@@ -73,19 +81,58 @@ def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
 
 
 @functools.lru_cache(maxsize=8)
-def _process_reader(path: str, scale: float) -> GridReader:
+def _process_reader(path: str, scale: float, content: str) -> GridReader:
+    """The slide at ``path``, once it is proven to be the client's (``content`` identity)."""
+    seen = slide_identity(Path(path)).content
+    if seen != content:
+        raise IdentityMismatchError(
+            f"{path}: this worker sees another file than the client at this path (size and "
+            f"sampled sha256 {seen[:24]}... != {content[:24]}...); give every worker the same "
+            "slide at the same absolute path"
+        )
     return GridReader(open_slide(path), scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _process_maps(store: str, store_id: str) -> Any:
+    """The scratch array of the store at ``store``, once it is proven to be the client's."""
+    from wsi_infer.store import ATTR
+
+    try:
+        root = zarr.open_group(store, mode="r+")
+        seen = root.attrs.get(ATTR, {}).get("store_id")  # type: ignore[union-attr]
+    except (FileNotFoundError, ValueError, AttributeError, zarr.errors.NodeTypeValidationError):
+        seen = None
+    if seen != store_id:
+        raise IdentityMismatchError(
+            f"{store}: this worker does not see the client's store at this path (store id "
+            f"{seen} != {store_id}); put the output on a filesystem every worker shares, at the "
+            "same absolute path"
+        )
+    return root["_scratch/maps"]
 
 
 @dataclass(frozen=True)
 class PredictJob:
-    """What a predict task needs, small and picklable: it runs on any worker."""
+    """What a predict task needs, small and picklable: it runs on any worker.
+
+    ``slide`` and ``store`` are absolute paths; ``slide_content`` and
+    ``store_id`` are what a worker checks it sees there.  ``maps`` is the
+    client's scratch array, used by tasks run in the client's own threads.
+    """
 
     slide: str
+    slide_content: str
+    store: str
+    store_id: str
     scale: float
     grid: TileGrid
-    maps: Any  # the scratch zarr array (pickles as its store and path)
+    maps: Any
     backend: BackendSpec
+
+    def __post_init__(self) -> None:
+        if not (Path(self.slide).is_absolute() and Path(self.store).is_absolute()):
+            raise ValueError("a predict job needs absolute slide and store paths")
 
 
 def normalise(
@@ -108,20 +155,29 @@ def predict_tiles(
     process); without it, the worker's own (cached) ones are used.
     """
     if local is None:
+        maps = _process_maps(job.store, job.store_id)
+        reader = _process_reader(job.slide, job.scale, job.slide_content)
         backend, lock = _process_backend(job.backend)
-        reader = _process_reader(job.slide, job.scale)
     else:
         backend, lock, reader = local
+        maps = job.maps
     grid, t = job.grid, job.grid.tile
     imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
     batch = normalise(imgs, backend.config.mean, backend.config.std)
     with lock:
         logits = backend(batch)
+    want = (len(tiles), backend.config.out_channels, t, t)
+    if tuple(logits.shape) != want:
+        raise CheckpointError(
+            f"{backend.model_source}: the model returned {tuple(logits.shape)} for "
+            f"{len(tiles)} tiles of {t} px, its config needs {want}; the model file and its "
+            "config do not belong together"
+        )
     out = logits_to_maps(logits)
     h = grid.halo
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
-        job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
+        maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
     return list(tiles)
 
 
@@ -175,6 +231,17 @@ def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
     except Exception:  # a chunk cut short by a crash: not done, it will be written again
         logger.warning("scratch chunk of tile %s unreadable; recomputing it", tile)
         return False
+
+
+def missing_tiles(store: Path, tiles: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Tiles whose scratch chunk is not in the store at ``store`` (one directory walk)."""
+    folder = store / "_scratch" / "maps" / "c"
+    present: set[tuple[int, int]] = set()
+    for dirpath, _, files in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder).parts
+        if len(rel) == 2 and "0" in files and all(p.isdigit() for p in rel):
+            present.add((int(rel[0]), int(rel[1])))
+    return [t for t in tiles if t not in present]
 
 
 def execute(

@@ -1,0 +1,26 @@
+"""Comparison helpers for result stores (shared by tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_same_store(a: object, b: object, min_nuclei: int = 100) -> None:
+    """Two complete stores hold identical labels (every level) and tables."""
+    import zarr
+
+    from wsi_infer.store import TABLE_COLUMNS
+
+    ra, rb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    ia, ib = ra.attrs["wsi_infer"], rb.attrs["wsi_infer"]
+    assert ia["status"] == ib["status"] == "complete"
+    for group in ("labels/nuclei", "labels/types"):
+        levels = sorted(ra[group].array_keys())
+        assert levels == sorted(rb[group].array_keys())
+        for level in levels:
+            np.testing.assert_array_equal(ra[f"{group}/{level}"][:], rb[f"{group}/{level}"][:])
+    for col in TABLE_COLUMNS:
+        np.testing.assert_array_equal(ra[f"tables/nuclei/{col}"][:], rb[f"tables/nuclei/{col}"][:])
+    ids = ra["tables/nuclei/id"][:]
+    assert ids.tolist() == list(range(1, len(ids) + 1))  # no nucleus twice, none lost
+    assert ia["nuclei"] == ib["nuclei"] == len(ids) >= min_nuclei
