@@ -96,7 +96,11 @@ def train_parser() -> argparse.ArgumentParser:
         type=int,
         help="the engine's default tile for this model (default: the largest --crop)",
     )
-    m.add_argument("--overlap", type=int, default=64, help="the engine's default tile overlap")
+    m.add_argument(
+        "--overlap",
+        type=int,
+        help="the engine's default tile overlap (default: 64, or a quarter of a smaller tile)",
+    )
     m.add_argument(
         "--attention-window",
         type=int,
@@ -197,8 +201,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             version=args.model_version,
             arch=args.arch,
             mpp=args.mpp,
-            tile_size=args.tile_size or crops[-1],
-            overlap=args.overlap,
+            tile_size=(tile := args.tile_size or crops[-1]),
+            overlap=args.overlap if args.overlap is not None else min(64, tile // 8 * 2),
             attention_window=args.attention_window,
             stem_channels=args.stem_channels,
             extra={
@@ -269,10 +273,13 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``wsi-infer-eval``: returns the exit status."""
+    import dataclasses
+
     from training.baseline import baseline_predictor
     from training.evaluate import evaluate, model_predictor
     from training.metrics import jsonable
     from wsi_infer.model import load_model
+    from wsi_infer.postprocess import PostprocessParams
 
     args = eval_parser().parse_args(argv)
     _setup(args.threads, not args.quiet)
@@ -294,7 +301,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = load_model(args.checkpoint)
         loaded.module.to(device)
-        predictor = model_predictor(loaded.module, loaded.config, device)
+        post = PostprocessParams.for_model(loaded.config)  # the model's own, as the engine uses
+        predictor = model_predictor(loaded.module, loaded.config, device, post)
+        report["postprocess"] = dataclasses.asdict(post)
         report["model"] = {
             "source": loaded.source,
             "sha256": loaded.sha256,

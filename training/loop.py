@@ -36,6 +36,7 @@ from training.metrics import jsonable
 from training.tune import nucleus_area_percentiles, tune_postprocess
 from wsi_infer.config import ModelConfig
 from wsi_infer.model import NucleusSegFormer, load_encoder_weights, save_checkpoint
+from wsi_infer.postprocess import PostprocessParams
 
 __all__ = ["TrainSettings", "class_weights_from", "plot_curves", "seed_everything", "train"]
 
@@ -285,7 +286,10 @@ def train(
         + "\n"
     )
     t0 = time.monotonic()
-    predictor = model_predictor(module, model_config, device)
+    # validation during training: the config's post-processing (tuned after training)
+    predictor = model_predictor(
+        module, model_config, device, PostprocessParams.for_model(model_config)
+    )
     budget_spent = False
 
     def progress() -> float:

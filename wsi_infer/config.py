@@ -118,7 +118,7 @@ class ModelConfig:
     foreground_threshold: float = 0.5
     marker_threshold: float = 0.5
     min_marker_area_um2: float = 0.0
-    min_nucleus_area_um2: float = 0.75
+    min_nucleus_area_um2: float = 3.0
     train_area_um2: tuple[float, float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
