@@ -187,3 +187,29 @@ def test_fine_tuning_starts_from_pretrained_encoder_weights(
         )
     assert "arch b0" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "r2" / "last").exists()
+
+
+def test_types_only_training_leaves_the_nuclei_as_they_were(
+    pannuke_root: Path, tmp_path: Path
+) -> None:
+    """``--init CKPT --types-only``: only the class logits learn; the foreground and distance
+    outputs, hence every nucleus the engine finds, are exactly those of the initial model."""
+    import torch
+
+    base = ["--pannuke", str(pannuke_root), "--train-folds", "3", *TINY]
+    assert train_main([*base, "--max-steps", "1", "--out", str(tmp_path / "a")]) == 0
+    init = tmp_path / "a" / "last"
+    args = [*base, "--max-steps", "2", "--lr", "0.05", "--init", str(init), "--types-only"]
+    assert train_main([*args, "--out", str(tmp_path / "b")]) == 0
+    before, after = load_model(init).module, load_model(tmp_path / "b" / "last").module
+    changed = [
+        k for k, v in before.state_dict().items() if not torch.equal(v, after.state_dict()[k])
+    ]
+    assert changed and all(k.startswith("head.") for k in changed), changed
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = before(x), after(x)
+    assert torch.equal(a[:, :2], b[:, :2])
+    assert not torch.equal(a[:, 3:], b[:, 3:])
+    with pytest.raises(SystemExit, match="--init"):
+        train_main([*base, "--types-only", "--out", str(tmp_path / "c")])

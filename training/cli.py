@@ -89,6 +89,17 @@ def train_parser() -> argparse.ArgumentParser:
         help="pretrained MiT encoder: a Hugging Face id (nvidia/mit-b0 ... nvidia/mit-b5, "
         "downloaded once) or a directory written by SegformerModel.save_pretrained",
     )
+    m.add_argument(
+        "--init",
+        type=Path,
+        help="start from this checkpoint's weights and config (model options are then ignored)",
+    )
+    m.add_argument(
+        "--types-only",
+        action="store_true",
+        help="with --init: train only the class logits of the output head on typed data; "
+        "nuclei (foreground, distance) stay exactly those of --init; best by mPQ",
+    )
     m.add_argument("--stem-channels", type=int, default=16)
     m.add_argument("--mpp", type=float, default=0.25, help="model resolution (data is resampled)")
     m.add_argument(
@@ -220,6 +231,28 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         )
     except CheckpointError as exc:
         raise SystemExit(f"wsi-infer-train: {exc}") from None
+    if args.types_only and args.init is None:
+        raise SystemExit("wsi-infer-train: --types-only needs --init CHECKPOINT")
+    if args.init is not None:
+        import dataclasses
+
+        from wsi_infer.model import model_config
+
+        try:
+            initial = model_config(args.init)
+        except CheckpointError as exc:
+            raise SystemExit(f"wsi-infer-train: {exc}") from None
+        config = dataclasses.replace(
+            initial,
+            version=args.model_version,
+            extra={
+                **initial.extra,
+                "init": args.init.resolve().name if args.init.is_dir() else str(args.init),
+                **({"types_only_data": config.extra["train_data"]} if args.types_only else {}),
+                "seed": args.seed,
+                **({"licence": args.licence} if args.licence else {}),
+            },
+        )
     settings = TrainSettings(
         out=args.out,
         epochs=args.epochs,
@@ -230,6 +263,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         encoder_weights=args.encoder_weights,
         encoder_lr_scale=args.encoder_lr_scale,
         freeze_encoder=args.freeze_encoder,
+        init=args.init,
+        types_only=args.types_only,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
         max_steps=args.max_steps,
