@@ -7,6 +7,9 @@ compared, each on the same trained weights:
 * ``window``: attention within 64-px windows laid on one slide-wide grid (tile
   origins on that grid), as the model was trained; the overlap discards what the
   convolutions see of each tile's padding.
+* ``window-overlap``: the same with an overlap of 128 px, so that every kept pixel
+  has 64 px of real context on each side for the convolutions (a halo of 32 px
+  covers only part of their receptive field).
 * ``global``: the same weights with global attention over each tile.
 * ``global-overlap``: global attention, but each tile keeps only its centre
   (a large overlap): every kept pixel sees context on all sides.
@@ -209,13 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--designs", nargs="*", help="subset of design names to run")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    from wsi_infer.model import model_config
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     crops = args.crop or [None] * len(args.slides)
     if len(crops) != len(args.slides):
         p.error("give one --crop per slide, or none")
+    window = model_config(args.model).attention_window or 64
     designs = [
-        Design("window", args.model, 64, 64),
+        Design("window", args.model, window, 64),
+        Design("window-overlap", args.model, window, 128),
         Design("global", args.model, 0, 64),
         Design("global-overlap", args.model, 0, 192),
         Design("global-flips", args.model, 0, 64, flips=True),

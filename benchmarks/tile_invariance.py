@@ -35,6 +35,7 @@ def tile_invariance(
     model: str = "default",
     backend: str = "onnxruntime",
     mpp: float | None = None,
+    overlap: int | None = None,
     threads: int = 2,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
@@ -51,7 +52,9 @@ def tile_invariance(
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for tile in tiles:
-            params = RunParams.for_model(engine.config, tile_size=tile, mpp=mpp, workers=threads)
+            params = RunParams.for_model(
+                engine.config, tile_size=tile, overlap=overlap, mpp=mpp, workers=threads
+            )
             out = Path(tmp) / f"tile{tile}.zarr"
             t0 = time.perf_counter()
             summary = run_slide(slide, out, engine, params)
@@ -85,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--mpp", type=float, help="slide resolution where the metadata has none")
+    p.add_argument("--overlap", type=int, help="default: the model's")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the report here (JSON)")
     args = p.parse_args(argv)
@@ -99,7 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'slide':<32} {'tiles':>12} {'nuclei':>14} {'matched':>8} {'agreement':>9} {'PQ':>6}")
     for slide in args.slides:
         r = tile_invariance(
-            slide, tiles, model=args.model, backend=args.backend, mpp=args.mpp, threads=args.threads
+            slide,
+            tiles,
+            model=args.model,
+            backend=args.backend,
+            mpp=args.mpp,
+            overlap=args.overlap,
+            threads=args.threads,
         )
         reports.append(r)
         for pair, m in r["pairs"].items():

@@ -147,12 +147,17 @@ def test_non_square_pixels_are_refused_unless_mpp_is_given(
 def test_a_sparse_tiff_declaring_a_million_pixels_a_side_is_refused_before_work(
     huge: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
+    from wsi_infer.model import model_config
+
     assert huge.stat().st_size < 500_000
     args = (huge, "--backend", "torch", "-q")  # the bundled model, at 0.25 µm/px
     line = refused(args, tmp_path / "a.zarr", str(huge), "more than the 1000000 a run may take")
-    assert "2233 x 2233 = 4986289 tiles of 448 px (1000000 x 1000000 px at 0.25 µm/px)" in line
+    config = model_config("default")
+    step = config.tile_size - config.overlap  # the bundled model's own tiles
+    n = -(-1_000_000 // step)
+    assert f"{n} x {n} = {n * n} tiles of {step} px (1000000 x 1000000 px at 0.25 µm/px)" in line
     refused(
-        (*args, "--no-tissue-mask"), tmp_path / "b.zarr", "4986289 tiles"
+        (*args, "--no-tissue-mask"), tmp_path / "b.zarr", f"{n * n} tiles"
     )  # nothing to read first either
     # fewer, larger tiles: then the tissue preview would read the whole level 0
     refused(
@@ -193,3 +198,13 @@ def test_memory_estimate_grows_with_the_fourth_power_of_the_tile() -> None:
     # stage-1 attention of a 4096 px tile: (1024^2) x (1024^2 / 64) float32, and its softmax
     assert large > 2 * 2 * (1024**2) * (1024**2 // 64) * 4
     assert batch_memory_bytes(config, 512, 4) == 2 * small
+
+
+def test_windowed_attention_needs_memory_in_proportion_to_the_tile_area() -> None:
+    from wsi_infer.bounds import batch_memory_bytes
+    from wsi_infer.config import ModelConfig
+
+    config = ModelConfig(stem_channels=16, attention_window=64, tile_size=512)
+    small, large = batch_memory_bytes(config, 512, 2), batch_memory_bytes(config, 4096, 2)
+    assert large == 64 * small
+    assert large < batch_memory_bytes(ModelConfig(stem_channels=16), 4096, 2) / 10

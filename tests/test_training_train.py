@@ -213,3 +213,42 @@ def test_types_only_training_leaves_the_nuclei_as_they_were(
     assert not torch.equal(a[:, 3:], b[:, 3:])
     with pytest.raises(SystemExit, match="--init"):
         train_main([*base, "--types-only", "--out", str(tmp_path / "c")])
+
+
+def test_tune_stores_the_engine_tiles_chosen_for_a_model(
+    pannuke_root: Path, tmp_path: Path
+) -> None:
+    """``wsi-infer-tune CKPT --tile-size --overlap --no-search``: the engine's default tiles are
+    written into the config (and the float16 export), where the engine reads them; a size off
+    the model's attention grid is refused in one line and leaves the checkpoint as it was."""
+    from training.cli import tune_main
+    from wsi_infer.params import RunParams
+
+    base = ["--pannuke", str(pannuke_root), "--train-folds", "3", *TINY, "--max-steps", "1"]
+    assert (
+        train_main(
+            [
+                *base,
+                "--attention-window",
+                "32",
+                "--tile-size",
+                "128",
+                "--overlap",
+                "32",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
+    ckpt, export = tmp_path / "a" / "last", tmp_path / "export"
+    args = [str(ckpt), "--tile-size", "256", "--overlap", "96", "--no-search"]
+    assert tune_main([*args, "--export", str(export)]) == 0
+    for where in (ckpt, export):
+        params = RunParams.for_model(load_model(where).config)
+        assert (params.tile_size, params.overlap) == (256, 96)
+    before = (ckpt / "config.json").read_text()
+    with pytest.raises(SystemExit) as err:
+        tune_main([str(ckpt), "--tile-size", "250", "--no-search"])
+    assert "250" in str(err.value) and "\n" not in str(err.value)
+    assert (ckpt / "config.json").read_text() == before

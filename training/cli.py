@@ -381,6 +381,18 @@ def tune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--val-data", type=Path, nargs="+", default=[], help="validation folders")
     p.add_argument("--export", type=Path, help="also write the result here (float16)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        help="the engine's default tile size for this model (a multiple of its attention "
+        "window; choose it with python -m benchmarks.tile_invariance)",
+    )
+    p.add_argument("--overlap", type=int, help="the engine's default tile overlap, likewise")
+    p.add_argument(
+        "--no-search",
+        action="store_true",
+        help="keep the post-processing values: only write --tile-size/--overlap (and --export)",
+    )
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -403,6 +415,24 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as exc:
         raise SystemExit(f"wsi-infer-tune: {exc}") from None
     config = loaded.config
+    tiles = {
+        k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap)) if v is not None
+    }
+    if tiles:
+        from wsi_infer.errors import ParameterError
+        from wsi_infer.params import RunParams
+
+        try:
+            config = dataclasses.replace(config, **tiles)
+            RunParams.for_model(config)
+        except (ValueError, ParameterError) as exc:
+            raise SystemExit(f"wsi-infer-tune: {args.checkpoint}: {exc}") from None
+        loaded.module.config = config
+        save_checkpoint(loaded.module, args.checkpoint)
+    if args.no_search:
+        if args.export is not None:
+            save_checkpoint(loaded.module, args.export, half=True)
+        return 0
     recorded: dict[str, list[str]] = config.extra.get("val_split", {})
     val_sources: list[Source] = []
     train_sources: list[Source] = []

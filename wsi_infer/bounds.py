@@ -103,7 +103,7 @@ def batch_memory_bytes(config: ModelConfig, tile: int, batch: int) -> int:
     Input (uint8 read, float32 normalised), logits, the convolutional stem and
     decoder at full and half resolution, the encoder's activations, and the
     largest attention matrix (scores and softmax), which grows with the fourth
-    power of the tile's edge.
+    power of the tile's edge under global attention, with its square within windows.
     """
     arch = ARCHITECTURES[config.arch]
     hidden = [int(h) for h in arch["hidden_sizes"]]
@@ -115,8 +115,10 @@ def batch_memory_bytes(config: ModelConfig, tile: int, batch: int) -> int:
     encoder = sum(
         (px // st**2) * h * (_MLP_RATIO + 2) * 4 for st, h in zip(_STRIDES, hidden, strict=True)
     )
+    # each query attends to the spatially reduced keys of its window (the tile without one)
+    side = min(tile, config.attention_window or tile)
     attention = max(
-        heads * (px // st**2) * max(1, px // (st * r) ** 2) * 4 * 2
+        heads * (px // st**2) * max(1, side * side // (st * r) ** 2) * 4 * 2
         for st, heads, r in zip(_STRIDES, _HEADS, _REDUCTION, strict=True)
     )
     return batch * (io + conv + encoder + attention)
