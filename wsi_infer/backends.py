@@ -1,7 +1,9 @@
 """Inference backends: a registry of factories, each turning a model source into a runner.
 
-A backend takes normalised float32 batches ``(B, 3, H, W)`` and returns logits
-``(B, C, H, W)`` as a NumPy array.  Optional backends import their packages
+A backend takes batches of RGB tiles as the slide reader gives them, ``uint8
+(B, H, W, 3)``, and returns the compact maps the engine needs, ``uint8 (B, H, W,
+4)`` (see :mod:`wsi_infer.tilemaps`): normalisation, sigmoid and softmax run in
+the model's graph, on its device.  Optional backends import their packages
 lazily and raise :class:`BackendUnavailableError` with an install hint.
 
 Add one with :func:`register_backend`; list them with :func:`list_backends`;
@@ -46,7 +48,7 @@ class Backend(Protocol):
     model_sha256: str
     model_source: str
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]: ...
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def create_backend(
 
 
 class TorchBackend:
-    """PyTorch eager inference, float32 (float16 autocast on CUDA)."""
+    """PyTorch eager inference, float32 (float16 autocast on CUDA), tiles to maps in one module."""
 
     name = "torch"
 
@@ -112,6 +114,7 @@ class TorchBackend:
         import torch
 
         from wsi_infer.model import load_model
+        from wsi_infer.tilemaps import TileMaps
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailableError(
@@ -128,18 +131,20 @@ class TorchBackend:
         self.model_source = loaded.source
         self.device = device
         self._torch = torch
-        self._module = loaded.module.to(device)
+        self.precision = "fp16" if device.startswith("cuda") else "fp32"
+        self._module = TileMaps(loaded.module, loaded.config).to(device).eval()
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
         torch = self._torch
+        x = _check_tiles(tiles)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            t = torch.from_numpy(x).to(self.device, non_blocking=True)
             if self.device.startswith("cuda"):
                 with torch.autocast("cuda", dtype=torch.float16):
-                    y = self._module(x)
+                    y = self._module(t)
             else:
-                y = self._module(x)
-            out: NDArray[np.float32] = y.float().cpu().numpy()
+                y = self._module(t)
+            out: NDArray[np.uint8] = y.cpu().numpy()
         return out
 
 
@@ -150,8 +155,18 @@ ONNX_HINT = "pip install 'wsi-infer[onnx]' (or 'wsi-infer[gpu]' for CUDA/TensorR
 GPU_HINT = (
     "pip install 'wsi-infer[gpu]' (onnxruntime-gpu, tensorrt) on a machine with an NVIDIA GPU"
 )
-_INPUT = "input"
-_OUTPUT = "logits"
+_INPUT = "tiles"
+_OUTPUT = "maps"
+#: Channels of the compact maps every backend returns.
+MAP_CHANNELS = 4
+
+
+def _check_tiles(tiles: NDArray[Any]) -> NDArray[np.uint8]:
+    """``tiles`` as a contiguous ``uint8 (B, H, W, 3)`` array, or ValueError."""
+    x = np.ascontiguousarray(tiles)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"tiles must be uint8 (B, H, W, 3), got {x.dtype} {x.shape}")
+    return x
 
 
 def _parse_device(device: str) -> tuple[str, int]:
@@ -306,23 +321,21 @@ class OnnxRuntimeBackend:
             active,
         )
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"batch must be (B, 3, H, W), got {x.shape}")
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        x = _check_tiles(tiles)
         if not self._on_gpu:
-            out: NDArray[np.float32] = self._session.run([_OUTPUT], {_INPUT: x})[0]
+            out: NDArray[np.uint8] = self._session.run([_OUTPUT], {_INPUT: x})[0]
             return out
         return self._run_bound(x)
 
-    def _run_bound(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _run_bound(self, x: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """Run with inputs/outputs in device buffers that are reused while the shape holds."""
         ort = self._ort
         if self._in is None or tuple(self._in.shape()) != x.shape:
-            b, _, h, w = x.shape
+            b, h, w, _ = x.shape
             self._in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self._index)
             self._out = ort.OrtValue.ortvalue_from_shape_and_type(
-                (b, self.config.out_channels, h, w), np.float32, "cuda", self._index
+                (b, h, w, MAP_CHANNELS), np.uint8, "cuda", self._index
             )
             binding = self._session.io_binding()
             binding.bind_ortvalue_input(_INPUT, self._in)
@@ -331,7 +344,7 @@ class OnnxRuntimeBackend:
         else:
             self._in.update_inplace(x)
         self._session.run_with_iobinding(self._binding)
-        out: NDArray[np.float32] = self._out.numpy()
+        out: NDArray[np.uint8] = self._out.numpy()
         return out
 
 
@@ -423,27 +436,24 @@ class TensorRTBackend:
         self._in: Any = None
         self._out: Any = None
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
         torch = self._torch
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        b, c, h, w = x.shape
+        x = _check_tiles(tiles)
+        b, h, w, _ = x.shape
         info = self.engine_info
         if not (
-            info.min_batch <= b <= info.max_batch
-            and c == 3
-            and h == w
-            and info.min_tile <= h <= info.max_tile
+            info.min_batch <= b <= info.max_batch and h == w and info.min_tile <= h <= info.max_tile
         ):
             raise ValueError(
                 f"batch {x.shape} is outside the engine's profile (batch {info.min_batch}.."
                 f"{info.max_batch}, square tiles {info.min_tile}..{info.max_tile}); rebuild the "
-                "engine with wsi-infer-export --tensorrt and matching --max-batch"
+                "engine with wsi-infer-export --tensorrt --tile-sizes and --max-batch to match"
             )
         with torch.inference_mode():
             if self._in is None or tuple(self._in.shape) != x.shape:
-                self._in = torch.empty(x.shape, dtype=torch.float32, device=self._dev)
+                self._in = torch.empty(x.shape, dtype=torch.uint8, device=self._dev)
                 self._out = torch.empty(
-                    (b, self.config.out_channels, h, w), dtype=torch.float32, device=self._dev
+                    (b, h, w, MAP_CHANNELS), dtype=torch.uint8, device=self._dev
                 )
             self._in.copy_(torch.from_numpy(x))
             ctx = self._context
@@ -453,7 +463,7 @@ class TensorRTBackend:
             stream = torch.cuda.current_stream(self._dev)
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f"{self.engine_path}: TensorRT execution failed")
-            out: NDArray[np.float32] = self._out.cpu().numpy()
+            out: NDArray[np.uint8] = self._out.cpu().numpy()
         return out
 
 

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from wsi_infer.backends import Backend, create_backend
 from wsi_infer.errors import CheckpointError
-from wsi_infer.postprocess import logits_to_maps
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.tiling import TileGrid
 
@@ -30,7 +28,6 @@ __all__ = [
     "PredictJob",
     "RowTracker",
     "execute",
-    "normalise",
     "predict_tiles",
     "tile_done",
 ]
@@ -88,15 +85,6 @@ class PredictJob:
     backend: BackendSpec
 
 
-def normalise(
-    tiles: NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]
-) -> NDArray[np.float32]:
-    x = tiles.astype(np.float32) / 255.0
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
 def predict_tiles(
     job: PredictJob,
     tiles: Sequence[tuple[int, int]],
@@ -114,10 +102,8 @@ def predict_tiles(
         backend, lock, reader = local
     grid, t = job.grid, job.grid.tile
     imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
-    batch = normalise(imgs, backend.config.mean, backend.config.std)
     with lock:
-        logits = backend(batch)
-    out = logits_to_maps(logits)
+        out = backend(imgs)  # compact maps, made in the model's graph
     h = grid.halo
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
