@@ -90,8 +90,14 @@ def create_backend(
     ``name="auto"`` takes :func:`default_backend` for ``device``.
 
     ``options`` go to the backend's factory as keywords (e.g. ``cache_dir`` for
-    ``onnxruntime`` and ``tensorrt``).
+    ``onnxruntime`` and ``tensorrt``, ``precision``, TensorRT's ``tile_size``,
+    ``min_tile``, ``max_tile``, ``min_batch``, ``opt_batch``, ``max_batch``).
+    The backend's ``recipe`` is the complete
+    :class:`~wsi_infer.recipe.BackendRecipe` of this call, which dask workers
+    build their own copy from.
     """
+    from wsi_infer.recipe import BackendRecipe
+
     if name == "auto":
         name = default_backend(device)
     try:
@@ -100,7 +106,10 @@ def create_backend(
         raise BackendUnavailableError(
             f"unknown backend {name!r}; choose one of {list_backends()}"
         ) from None
-    return info.factory(model, device=device, threads=threads, **options)
+    recipe = BackendRecipe.of_call(name, model, device, threads, options)
+    backend = info.factory(model, device=device, threads=threads, **options)
+    backend.recipe = recipe  # type: ignore[attr-defined]
+    return backend
 
 
 class TorchBackend:
@@ -109,7 +118,12 @@ class TorchBackend:
     name = "torch"
 
     def __init__(
-        self, model: str | Path, *, device: str = "cpu", threads: int | None = None
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str | None = None,
     ) -> None:
         import torch
 
@@ -131,7 +145,10 @@ class TorchBackend:
         self.model_source = loaded.source
         self.device = device
         self._torch = torch
-        self.precision = "fp16" if device.startswith("cuda") else "fp32"
+        on_cuda = device.startswith("cuda")
+        if precision not in (None, "fp32", "fp16") or (precision == "fp16" and not on_cuda):
+            raise ValueError(f"torch runs fp32 on the CPU, fp32 or fp16 on CUDA, not {precision!r}")
+        self.precision = precision or ("fp16" if on_cuda else "fp32")
         self._module = TileMaps(loaded.module, loaded.config).to(device).eval()
 
     def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
@@ -139,7 +156,7 @@ class TorchBackend:
         x = _check_tiles(tiles)
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self.device, non_blocking=True)
-            if self.device.startswith("cuda"):
+            if self.precision == "fp16":
                 with torch.autocast("cuda", dtype=torch.float16):
                     y = self._module(t)
             else:
@@ -354,10 +371,12 @@ class TensorRTBackend:
     ``model``: a ``.engine`` file with its ``.engine.json`` sidecar, an
     ``.onnx`` file, or a checkpoint dir / bundled name; the latter two are
     exported and built once, cached in ``cache_dir`` (default
-    ``~/.cache/wsi-infer``) per (ONNX sha256, GPU, TensorRT version).  Device
-    buffers are reused between batches of the same shape.  The engine's
-    profile takes batches up to ``max_batch`` of square ``tile_size`` tiles
-    (default: the config's tile size).
+    ``~/.cache/wsi-infer``) per (ONNX sha256, GPU, TensorRT version, profile).
+    Device buffers are reused between batches of the same shape.  The engine's
+    profile takes batches of ``min_batch..max_batch`` (optimised for
+    ``opt_batch``) square tiles of ``min_tile..max_tile`` px (optimised for
+    ``tile_size``; all default to the config's tile size): give it the run's
+    (:meth:`wsi_infer.recipe.BackendRecipe.for_run` does).
     """
 
     name = "tensorrt"
@@ -369,9 +388,13 @@ class TensorRTBackend:
         device: str = "cuda",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        min_batch: int = 1,
         opt_batch: int = 8,
         max_batch: int = 32,
         tile_size: int | None = None,
+        min_tile: int | None = None,
+        max_tile: int | None = None,
+        precision: str | None = None,
     ) -> None:
         from export.tensorrt_build import (
             build_tensorrt_engine,
@@ -402,10 +425,13 @@ class TensorRTBackend:
             onnx_path, source = _onnx_for(model, fp16=False, cache_dir=cache_dir)
             engine_path = build_tensorrt_engine(
                 onnx_path,
-                fp16=True,
-                opt_batch=min(opt_batch, max_batch),
+                fp16=precision != "fp32",
+                min_batch=min_batch,
+                opt_batch=min(max(opt_batch, min_batch), max_batch),
                 max_batch=max_batch,
                 tile_size=tile_size,
+                min_tile=min_tile,
+                max_tile=max_tile,
                 cache_dir=cache_dir,
                 device_index=index,
             )
@@ -435,6 +461,20 @@ class TensorRTBackend:
         self._context = engine.create_execution_context()
         self._in: Any = None
         self._out: Any = None
+
+    def check_shapes(self, tile: int, batch: int) -> None:
+        """ParameterError unless batches of up to ``batch`` square ``tile`` px tiles fit the
+        engine's optimisation profile (the engine asks before the first batch)."""
+        info = self.engine_info
+        if not (info.min_tile <= tile <= info.max_tile and batch <= info.max_batch):
+            from wsi_infer.errors import ParameterError
+
+            raise ParameterError(
+                f"{self.engine_path}: built for tiles of {info.min_tile}..{info.max_tile} px and "
+                f"batches up to {info.max_batch}, the run has {tile} px tiles in batches of "
+                f"{batch}; rebuild it with wsi-infer-export --tensorrt --tile-sizes {tile} "
+                f"--max-batch {max(batch, info.max_batch)}"
+            )
 
     def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
         torch = self._torch

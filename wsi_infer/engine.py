@@ -178,6 +178,9 @@ def run_slide(
     """
     params = params or RunParams.for_model(backend.config)
     params.check_model(backend.config)
+    check_shapes = getattr(backend, "check_shapes", None)  # backends built for fixed shapes
+    if check_shapes is not None:
+        check_shapes(params.tile_size, params.batch_size)
     started, t0 = _now(), time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)

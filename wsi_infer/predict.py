@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from wsi_infer.backends import Backend, create_backend
+from wsi_infer.backends import Backend
 from wsi_infer.errors import CheckpointError
 from wsi_infer.reader import GridReader, open_slide
+from wsi_infer.recipe import BackendRecipe
 from wsi_infer.tiling import TileGrid
 
 __all__ = [
@@ -35,31 +36,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackendSpec:
-    """How to build a backend anywhere (a dask worker builds its own, once per process)."""
-
-    name: str
-    model: str
-    device: str
-    threads: int | None = None
-    sha256: str = ""
-
-    @classmethod
-    def of(cls, backend: Backend) -> BackendSpec:
-        return cls(
-            backend.name,
-            backend.model_source,
-            backend.device,
-            getattr(backend, "threads", None),
-            backend.model_sha256,
-        )
+#: How a dask worker builds its backend: the client's complete recipe, shipped whole.
+BackendSpec = BackendRecipe
 
 
 @functools.lru_cache(maxsize=4)
 def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
     """One model (and one lock serialising its calls) per process and spec."""
-    backend = create_backend(spec.name, spec.model, device=spec.device, threads=spec.threads)
+    backend = spec.build()
     if spec.sha256 and backend.model_sha256 != spec.sha256:
         raise CheckpointError(
             f"{spec.model}: this worker's copy of the model differs from the client's "
