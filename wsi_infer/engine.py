@@ -44,8 +44,17 @@ from wsi_infer import __version__
 from wsi_infer.backends import Backend
 from wsi_infer.errors import OutputExistsError, OutputWriteError, WsiInferError
 from wsi_infer.params import RunParams
-from wsi_infer.predict import BackendSpec, PredictJob, RowTracker, execute, predict_tiles, tile_done
+from wsi_infer.predict import (
+    BackendSpec,
+    PredictJob,
+    PredictResult,
+    RowTracker,
+    execute,
+    predict_tiles,
+    tile_done,
+)
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
+from wsi_infer.scheduler import Call, predict_priority
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
     ATTR,
@@ -64,6 +73,16 @@ logger = logging.getLogger(__name__)
 
 #: A slide whose mpp is within this fraction of the model's is read at its own grid, unresampled.
 MPP_TOLERANCE = 0.02
+#: Busy time the predict tasks report (summed over tasks), as keys of ``RunSummary.timings``:
+#: the model's (``predict_model_s``), reading's and writing the maps' wall and CPU seconds.
+PREDICT_BUSY = (
+    "predict_read_s",
+    "predict_read_cpu_s",
+    "predict_wait_s",
+    "predict_model_s",
+    "predict_write_s",
+    "predict_write_cpu_s",
+)
 
 
 ProgressFactory = Callable[[int, str], Any]
@@ -322,8 +341,6 @@ def _run_stages(
     client: Any,
     slide_path: str,
 ) -> tuple[int, int]:
-    from dask.delayed import delayed
-
     info: Any = root.attrs[ATTR]
     nuclei_arr: Any = root["labels/nuclei/0"]
     types_arr: Any = root["labels/types/0"]
@@ -345,12 +362,11 @@ def _run_stages(
     pending = sum(len(b) for _, b in todo)
     job = PredictJob(slide_path, scale, grid, maps, BackendSpec.of(backend))
     local = None if client is not None else (backend, threading.Lock(), reader)
-    # dask runs independent tasks in descending key order: numbering them backwards makes it
-    # predict the slide top down, so stage 2 can start on the first bands early.
-    n = len(todo)
+    # Top rows first (an explicit priority, see wsi_infer.scheduler), so stage 2 can start
+    # on the first bands while the model works further down.
     tasks = [
-        delayed(predict_tiles, pure=False)(job, b, local, dask_key_name=f"predict-{n - 1 - r:09d}")
-        for r, (_, b) in enumerate(todo)
+        Call(predict_priority(b), f"predict-{k:09d}", predict_tiles, (job, b, local))
+        for k, b in todo
     ]
     # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
     # reads is predicted, so post-processing overlaps the model instead of following it.
@@ -359,10 +375,16 @@ def _run_stages(
     if bar is not None and len(tiles) > pending:
         bar.update(len(tiles) - pending)
 
-    def predicted(done: list[tuple[int, int]]) -> None:
-        tracker.done(done)
-        if bar is not None:
-            bar.update(len(done))
+    busy = dict.fromkeys(PREDICT_BUSY, 0.0)
+    busy_lock = threading.Lock()  # results arrive in the predict threads
+
+    def predicted(done: PredictResult) -> None:
+        with busy_lock:
+            for key in PREDICT_BUSY:
+                busy[key] += getattr(done, key.removeprefix("predict_"))
+            if bar is not None:
+                bar.update(len(done.tiles))
+        tracker.done(done.tiles)
 
     resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
 
@@ -380,6 +402,7 @@ def _run_stages(
     n_bands = math.ceil(grid.height / params.label_chunk)
     seg_bar = progress(n_bands, "segment") if progress else None
     seg_seconds = 0.0
+    seg_busy: dict[str, float] = {}
 
     def before_band(y: int) -> None:
         nonlocal seg_seconds
@@ -401,6 +424,7 @@ def _run_stages(
             run_mpp=run_mpp,
             on_band=after_band,
             before_band=before_band,
+            busy=seg_busy,
         )
         tracker.wait_rows(grid.height)  # all of stage 1, whatever the bands needed
         worker.join()
@@ -412,6 +436,8 @@ def _run_stages(
                 b.close()
     timings["predict_s"] = tracker.finished_at - t
     timings["segment_s"] = seg_seconds
+    timings.update(busy)
+    timings.update(seg_busy)
 
     t = time.perf_counter()
     labels_group = root["labels"]

@@ -22,11 +22,13 @@ from wsi_infer.backends import Backend
 from wsi_infer.errors import CheckpointError
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.recipe import BackendRecipe
+from wsi_infer.scheduler import Call, run_prioritised, submit_prioritised
 from wsi_infer.tiling import TileGrid
 
 __all__ = [
     "BackendSpec",
     "PredictJob",
+    "PredictResult",
     "RowTracker",
     "execute",
     "predict_tiles",
@@ -69,12 +71,27 @@ class PredictJob:
     backend: BackendSpec
 
 
+@dataclass(frozen=True)
+class PredictResult:
+    """The tiles a predict task did and where its time went, measured by the worker itself:
+    wall (``*_s``) and this thread's CPU (``*_cpu_s``) reading and writing, the model's
+    busy time (``model_s``, the backend call) and the wait for the model (``wait_s``)."""
+
+    tiles: list[tuple[int, int]]
+    read_s: float = 0.0
+    read_cpu_s: float = 0.0
+    wait_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+    write_cpu_s: float = 0.0
+
+
 def predict_tiles(
     job: PredictJob,
     tiles: Sequence[tuple[int, int]],
     local: tuple[Backend, threading.Lock, GridReader] | None = None,
-) -> list[tuple[int, int]]:
-    """Read, infer and store the maps of ``tiles``; returns them.
+) -> PredictResult:
+    """Read, infer and store the maps of ``tiles``; returns them with the task's timings.
 
     ``local`` passes the caller's backend, lock and reader (threads of one
     process); without it, the worker's own (cached) ones are used.
@@ -85,14 +102,27 @@ def predict_tiles(
     else:
         backend, lock, reader = local
     grid, t = job.grid, job.grid.tile
+    t0, c0 = time.perf_counter(), time.thread_time()
     imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
+    t1, c1 = time.perf_counter(), time.thread_time()
     with lock:
+        t2 = time.perf_counter()
         out = backend(imgs)  # compact maps, made in the model's graph
+        t3 = time.perf_counter()
+    c3 = time.thread_time()
     h = grid.halo
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
         job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
-    return list(tiles)
+    return PredictResult(
+        list(tiles),
+        read_s=t1 - t0,
+        read_cpu_s=c1 - c0,
+        wait_s=t2 - t1,
+        model_s=t3 - t2,
+        write_s=time.perf_counter() - t3,
+        write_cpu_s=time.thread_time() - c3,
+    )
 
 
 class RowTracker:
@@ -148,32 +178,16 @@ def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
 
 
 def execute(
-    tasks: list[Any],
+    calls: list[Call[Any]],
     client: Any,
     workers: int,
     on_result: Callable[[Any], None] | None,
     resources: dict[str, float] | None = None,
 ) -> list[Any]:
-    """Compute dask delayed ``tasks`` locally (threads) or on ``client``; results in order."""
-    if not tasks:
+    """Run ``calls`` in ``workers`` threads of this process, or on ``client``'s workers,
+    most urgent first (see :mod:`wsi_infer.scheduler`); results in order."""
+    if not calls:
         return []
     if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks, resources=resources)
-        for fut in as_completed(futures):
-            if on_result is not None:
-                on_result(fut.result())
-        return list(client.gather(futures))
-    from dask.base import compute
-    from dask.callbacks import Callback
-
-    keys = {t.key for t in tasks}
-
-    class _Progress(Callback):
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-            if key in keys and on_result is not None:
-                on_result(result)
-
-    with _Progress():
-        return list(compute(*tasks, scheduler="threads", num_workers=workers))
+        return submit_prioritised(client, calls, on_result, resources)
+    return run_prioritised(calls, workers, on_result)

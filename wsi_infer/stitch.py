@@ -11,6 +11,7 @@ written out band by band: memory is bounded by the slide's width, never its area
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -170,14 +171,17 @@ def stitch(
     run_mpp: float = 1.0,
     on_band: Callable[[dict[str, NDArray[Any]]], None] | None = None,
     before_band: Callable[[int], None] | None = None,
+    busy: dict[str, float] | None = None,
 ) -> int:
     """Segment seamless ``maps`` window by window into ``nuclei_out``/``types_out``.
 
     Each nucleus is taken once, by the window holding its centroid, numbered in
     raster order of windows and of its first pixel; ``on_band`` receives each
     band's table rows.  ``before_band(y)`` is called before a band is read and
-    may block until the maps' rows above ``y`` are final.  Returns the number of
-    nuclei.
+    may block until the maps' rows above ``y`` are final.  ``busy`` receives
+    the windows' summed wall and thread-CPU seconds (``segment_busy_s``,
+    ``segment_cpu_s``, measured in the threads that segment them) and the
+    painting's (``stitch_paint_s``).  Returns the number of nuclei.
     """
     from dask.base import compute
     from dask.delayed import delayed
@@ -189,18 +193,33 @@ def stitch(
     for _, cores in windows(height, width, chunk, params.window_cols):
         if before_band is not None:
             before_band(min(cores[0][1] + params.margin, height))
-        parts = compute(
-            *[delayed(segment_window)(maps, c, params.margin, params.post) for c in cores],
+        timed = compute(
+            *[delayed(_timed_window)(maps, c, params.margin, params.post) for c in cores],
             scheduler="threads",
             num_workers=params.workers,
         )
+        parts = tuple(part for part, _, _ in timed)
+        t0 = time.perf_counter()
         rows = _paint_band(canvas, parts, next_id, scale, run_mpp)
+        if busy is not None:
+            busy["segment_busy_s"] = busy.get("segment_busy_s", 0.0) + sum(w for _, w, _ in timed)
+            busy["segment_cpu_s"] = busy.get("segment_cpu_s", 0.0) + sum(c for _, _, c in timed)
+            busy["stitch_paint_s"] = busy.get("stitch_paint_s", 0.0) + time.perf_counter() - t0
         if on_band is not None:
             on_band(rows)
         next_id += len(rows["id"])
         canvas.flush(nuclei_out, types_out, height)
     canvas.flush(nuclei_out, types_out, height)  # the last band's rows
     return next_id - 1
+
+
+def _timed_window(
+    maps: Any, core: tuple[int, int, int, int], margin: int, post: PostprocessParams
+) -> tuple[WindowNuclei, float, float]:
+    """:func:`segment_window` with its wall and thread-CPU seconds."""
+    t, c = time.perf_counter(), time.thread_time()
+    part = segment_window(maps, core, margin, post)
+    return part, time.perf_counter() - t, time.thread_time() - c
 
 
 def _paint_band(
