@@ -67,7 +67,7 @@ def test_a_dask_cluster_runs_the_most_urgent_first() -> None:
         priorities = [4, 8, 1, 6, 0, 9, 3, 2, 7, 5]
         calls = [Call(p, f"t{p}", _record, (p,)) for p in priorities]
         assert submit_prioritised(client, calls) == priorities  # results in the calls' order
-    assert _RAN == sorted(priorities)
+    assert sorted(priorities) == _RAN
 
 
 #: What the in-process cluster's worker ran, in order (its tasks import this module).

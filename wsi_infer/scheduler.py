@@ -105,14 +105,14 @@ def submit_prioritised(
     """
     import uuid
 
-    import dask
+    from dask.base import annotate
     from dask.delayed import delayed
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:12]  # keys of this run only: never another run's results
     tasks = []
     for c in calls:
-        with dask.annotate(priority=-c.priority):
+        with annotate(priority=-c.priority):
             tasks.append(delayed(c.fn, pure=False)(*c.args, dask_key_name=f"{c.name}-{token}"))
     futures = client.compute(tasks, resources=resources, optimize_graph=False)
     for fut in as_completed(futures):
