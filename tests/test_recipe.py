@@ -132,4 +132,7 @@ def test_onnxruntime_recipe_keeps_precision_cache_and_threads(
     assert worker.precision == client.precision == "fp16"  # type: ignore[attr-defined]
     assert worker.onnx_path == client.onnx_path  # type: ignore[attr-defined]
     assert worker.onnx_path.parent == tmp_path / "onnx"  # type: ignore[attr-defined]
-    assert worker._session.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
+    options = worker._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.intra_op_num_threads == 1
+    # its idle threads leave the cores to reading and segmentation
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -292,6 +292,10 @@ class OnnxRuntimeBackend:
         if threads is not None and threads > 0:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not want_gpu:
+            # Idle inference threads sleep instead of spinning: between and within batches the
+            # cores go to reading and segmentation, which run beside the model.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
