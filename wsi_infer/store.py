@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 from numpy.typing import NDArray
+from zarr.codecs import BloscCodec
 
 from wsi_infer.errors import IncompleteStoreError, OutputExistsError
 
