@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "versions": package_versions(),
         "settings": {
-            "slide": None if args.slide is None else str(args.slide),
-            "maps": None if args.maps is None else str(args.maps),
+            "slide": None if args.slide is None else args.slide.name,
+            "maps": None if args.maps is None else args.maps.name,
             "model": args.model,
             "backend": args.backend,
             "tile_size": params.tile_size,
