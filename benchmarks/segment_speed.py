@@ -68,7 +68,11 @@ def slide_maps(
         thumb = read_thumbnail(slide, mpp, params.tissue.mpp)
         tiles = grid.select(detect_tissue(thumb, params.tissue.mpp, params.tissue))
         maps = np.zeros((grid.height, grid.width, 4), np.uint8)
-        job = PredictJob(slide_path, scale, grid, maps, BackendRecipe.of(probe))
+        # maps in memory and the caller's reader: a local task never opens the store fields
+        where = Path(slide_path).absolute()
+        job = PredictJob(
+            str(where), "", str(where.parent), "", scale, grid, maps, BackendRecipe.of(probe)
+        )
         lock = threading.Lock()
         t0 = time.perf_counter()
         bs = params.batch_size

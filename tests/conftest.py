@@ -106,3 +106,20 @@ def he_mosaic(shared: Path) -> NDArray[np.uint8]:
         row = [np.asarray(Image.open(names[4 * r + c]).convert("RGB")) for c in range(4)]
         rows.append(np.concatenate(row, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+@pytest.fixture(scope="session")
+def cmu_crop(shared: Path, make_slide: Callable[..., Path]) -> Callable[..., Path]:
+    """Crops of the real CMU-1-Small-Region slide, written as tiled TIFFs at 0.25 µm/px."""
+    import openslide
+
+    with openslide.OpenSlide(str(shared / "slides" / "CMU-1-Small-Region.svs")) as osr:
+        region = np.asarray(osr.read_region((700, 1100), 0, (1024, 1024)).convert("RGB"))
+
+    def crop(name: str, size: int = 512, *, flip: bool = False, **kw: object) -> Path:
+        image = region[:size, :size]
+        if flip:
+            image = image[::-1, ::-1]
+        return make_slide(name, np.ascontiguousarray(image), mpp=0.25, **kw)
+
+    return crop

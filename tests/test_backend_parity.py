@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import panoptic_quality
 
 from wsi_infer.backends import create_backend
+from wsi_infer.compare import compare_labels
 from wsi_infer.engine import RunParams, run_slide
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,6 @@ def test_onnx_file_gives_the_nuclei_of_the_torch_backend(
         assert root.attrs["wsi_infer"]["backend"]["name"] == name
         labels[name] = root["labels/nuclei/0"][:]
     assert labels["torch"].max() > 200
-    pq = panoptic_quality(labels["torch"], labels["onnxruntime"])
+    pq = compare_labels(labels["torch"], labels["onnxruntime"]).pq
     print(f"PQ torch vs onnxruntime {precision}: {pq:.4f}")
     assert pq >= min_pq

@@ -112,7 +112,9 @@ def test_backend_matches_torch_or_says_how_to_install(
     assert must_run or name not in NEEDS, f"{name} ran although its package or GPU is absent"
     assert backend.name == name and backend.device == "cpu"
     assert backend.config == CONFIG
-    assert backend.model_sha256 == file_sha256(checkpoint / "model.safetensors")
+    # the identity of what runs: the weights for torch, the exported file for onnxruntime
+    runs = getattr(backend, "onnx_path", checkpoint / "model.safetensors")
+    assert backend.model_sha256 == file_sha256(runs)
     out = backend(batch)
     assert out.dtype == np.uint8 and out.shape == (2, 256, 256, 4)
     step, flips = _steps(out, _reference(checkpoint, batch))
@@ -159,7 +161,8 @@ def test_onnxruntime_export_is_cached_and_the_file_alone_runs(
     shutil.copy(cached, alone)
     from_file = create_backend("onnxruntime", alone)
     assert from_file.config == CONFIG and from_file.model_source == str(alone)
-    assert from_file.model_sha256 == file_sha256(checkpoint / "model.safetensors")
+    assert from_file.model_sha256 == file_sha256(alone) == first.model_sha256
+    assert from_file.source_sha256 == file_sha256(checkpoint / "model.safetensors")  # type: ignore[attr-defined]
     np.testing.assert_array_equal(from_file(batch), first(batch))
 
 

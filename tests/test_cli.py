@@ -64,23 +64,18 @@ def test_existing_output_is_never_silently_overwritten(
         slide, "--out", out, "--model", tiny_model, "--backend", "torch", "--mpp", "1", "-q"
     )
     assert code != 0 and "--overwrite" in stderr and (out / "keep.txt").read_text() == "mine"
-    code, stdout, _ = invoke(
-        slide,
-        "--out",
-        out,
-        "--model",
-        tiny_model,
-        "--backend",
-        "torch",
-        "--mpp",
-        "1",
-        "--overwrite",
-        "--tile-size",
-        "256",
-    )
+    args = (slide, "--model", tiny_model, "--backend", "torch", "--mpp", "1", "--tile-size", "256")
+    # --overwrite replaces wsi-infer stores only: a folder of someone else's stays
+    code, _, stderr = invoke(*args, "--out", out, "--overwrite")
+    assert code == 1 and "not a wsi-infer store" in stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    store = tmp_path / "s.zarr"
+    assert invoke(*args, "--out", store)[0] == 0
+    first = zarr.open_group(str(store), mode="r").attrs["wsi_infer"]["store_id"]
+    code, stdout, _ = invoke(*args, "--out", store, "--overwrite", "--tissue-threshold", "0.2")
     assert code == 0 and "nuclei" in stdout and "tiles/s" in stdout
-    assert not (out / "keep.txt").exists()
-    assert zarr.open_group(str(out), mode="r").attrs["wsi_infer"]["status"] == "complete"
+    info = zarr.open_group(str(store), mode="r").attrs["wsi_infer"]
+    assert info["status"] == "complete" and info["store_id"] != first
 
 
 def test_mutually_exclusive_tissue_options_are_a_usage_error(shared: Path, tmp_path: Path) -> None:

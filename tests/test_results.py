@@ -24,6 +24,7 @@ from wsi_infer.cli import main
 from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES
 from wsi_infer.geojson import _Band
 from wsi_infer.store import ATTR, append_table, create_store, read_table
+from wsi_infer.verify import seal_complete
 
 CHUNK = 64
 
@@ -139,8 +140,11 @@ def write_known_store(
             "type_prob": np.linspace(0.5, 1.0, len(ids)),
         },
     )
-    info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
-    root.attrs[ATTR] = {**info, "status": status, "nuclei": len(ids)}
+    if status == "complete":  # as the engine finishes a store: digests, then the status
+        seal_complete(path, root, nuclei=len(ids))
+    else:
+        info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
+        root.attrs[ATTR] = {**info, "status": status, "nuclei": len(ids)}
     return path
 
 

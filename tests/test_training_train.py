@@ -149,3 +149,67 @@ def test_cosine_schedule_warms_up_then_decays_to_one_percent() -> None:
     assert cosine_factor(0.55, 0.1) == pytest.approx(0.505)
     assert cosine_factor(1.0, 0.1) == pytest.approx(0.01)
     assert cosine_factor(2.0, 0.0) == pytest.approx(0.01)
+
+
+def test_fine_tuning_starts_from_pretrained_encoder_weights(
+    pannuke_root: Path, tmp_path: Path
+) -> None:
+    """``--encoder-weights DIR`` (a save_pretrained directory, as nvidia/mit-b0 is on the hub):
+    with the encoder frozen for the whole run, its tensors come out of training unchanged,
+    in the checkpoint the engine loads."""
+    import torch
+    from transformers import SegformerConfig, SegformerModel
+
+    from wsi_infer.config import ARCHITECTURES
+
+    torch.manual_seed(5)
+    a = ARCHITECTURES["b0"]
+    pretrained = SegformerModel(SegformerConfig(depths=a["depths"], hidden_sizes=a["hidden_sizes"]))
+    pretrained.save_pretrained(tmp_path / "mit-b0")
+    out = tmp_path / "run"
+    base = ["--pannuke", str(pannuke_root), "--train-folds", "3", *TINY, "--max-steps", "1"]
+    args = [*base, "--encoder-weights", str(tmp_path / "mit-b0"), "--freeze-encoder", "1.0"]
+    assert train_main([*args, "--out", str(out)]) == 0
+    model = load_model(out / "last").module
+    for key, value in pretrained.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    assert model.config.extra["encoder_weights"].endswith("mit-b0")
+
+    # Weights of another size stop the run in one line, before any training.
+    SegformerModel(
+        SegformerConfig(
+            depths=ARCHITECTURES["b1"]["depths"], hidden_sizes=ARCHITECTURES["b1"]["hidden_sizes"]
+        )
+    ).save_pretrained(tmp_path / "mit-b1")
+    with pytest.raises(SystemExit) as err:
+        train_main(
+            [*base, "--encoder-weights", str(tmp_path / "mit-b1"), "--out", str(tmp_path / "r2")]
+        )
+    assert "arch b0" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "r2" / "last").exists()
+
+
+def test_types_only_training_leaves_the_nuclei_as_they_were(
+    pannuke_root: Path, tmp_path: Path
+) -> None:
+    """``--init CKPT --types-only``: only the class logits learn; the foreground and distance
+    outputs, hence every nucleus the engine finds, are exactly those of the initial model."""
+    import torch
+
+    base = ["--pannuke", str(pannuke_root), "--train-folds", "3", *TINY]
+    assert train_main([*base, "--max-steps", "1", "--out", str(tmp_path / "a")]) == 0
+    init = tmp_path / "a" / "last"
+    args = [*base, "--max-steps", "2", "--lr", "0.05", "--init", str(init), "--types-only"]
+    assert train_main([*args, "--out", str(tmp_path / "b")]) == 0
+    before, after = load_model(init).module, load_model(tmp_path / "b" / "last").module
+    changed = [
+        k for k, v in before.state_dict().items() if not torch.equal(v, after.state_dict()[k])
+    ]
+    assert changed and all(k.startswith("head.") for k in changed), changed
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = before(x), after(x)
+    assert torch.equal(a[:, :2], b[:, :2])
+    assert not torch.equal(a[:, 3:], b[:, 3:])
+    with pytest.raises(SystemExit, match="--init"):
+        train_main([*base, "--types-only", "--out", str(tmp_path / "c")])

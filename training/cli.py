@@ -60,6 +60,12 @@ def _describe(
     return names
 
 
+def _weights_name(source: str) -> str:
+    """A Hugging Face id as it is; a local directory by its name only (no machine paths)."""
+    path = Path(source)
+    return path.name if path.is_dir() else source
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wsi-infer-train",
@@ -83,6 +89,17 @@ def train_parser() -> argparse.ArgumentParser:
         help="pretrained MiT encoder: a Hugging Face id (nvidia/mit-b0 ... nvidia/mit-b5, "
         "downloaded once) or a directory written by SegformerModel.save_pretrained",
     )
+    m.add_argument(
+        "--init",
+        type=Path,
+        help="start from this checkpoint's weights and config (model options are then ignored)",
+    )
+    m.add_argument(
+        "--types-only",
+        action="store_true",
+        help="with --init: train only the class logits of the output head on typed data; "
+        "nuclei (foreground, distance) stay exactly those of --init; best by mPQ",
+    )
     m.add_argument("--stem-channels", type=int, default=16)
     m.add_argument("--mpp", type=float, default=0.25, help="model resolution (data is resampled)")
     m.add_argument(
@@ -90,7 +107,11 @@ def train_parser() -> argparse.ArgumentParser:
         type=int,
         help="the engine's default tile for this model (default: the largest --crop)",
     )
-    m.add_argument("--overlap", type=int, default=64, help="the engine's default tile overlap")
+    m.add_argument(
+        "--overlap",
+        type=int,
+        help="the engine's default tile overlap (default: 64, or a quarter of a smaller tile)",
+    )
     m.add_argument(
         "--attention-window",
         type=int,
@@ -191,21 +212,47 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             version=args.model_version,
             arch=args.arch,
             mpp=args.mpp,
-            tile_size=args.tile_size or crops[-1],
-            overlap=args.overlap,
+            tile_size=(tile := args.tile_size or crops[-1]),
+            overlap=args.overlap if args.overlap is not None else min(64, tile // 8 * 2),
             attention_window=args.attention_window,
             stem_channels=args.stem_channels,
             extra={
                 "train_data": _describe(args.pannuke, args.train_folds, args.data),
                 "val_data": _describe(args.pannuke, val_folds, args.val_data),
                 **({"val_split": split_note} if split_note else {}),
-                **({"encoder_weights": str(args.encoder_weights)} if args.encoder_weights else {}),
+                **(
+                    {"encoder_weights": _weights_name(args.encoder_weights)}
+                    if args.encoder_weights
+                    else {}
+                ),
                 "seed": args.seed,
                 **({"licence": args.licence} if args.licence else {}),
             },
         )
     except CheckpointError as exc:
         raise SystemExit(f"wsi-infer-train: {exc}") from None
+    if args.types_only and args.init is None:
+        raise SystemExit("wsi-infer-train: --types-only needs --init CHECKPOINT")
+    if args.init is not None:
+        import dataclasses
+
+        from wsi_infer.model import model_config
+
+        try:
+            initial = model_config(args.init)
+        except CheckpointError as exc:
+            raise SystemExit(f"wsi-infer-train: {exc}") from None
+        config = dataclasses.replace(
+            initial,
+            version=args.model_version,
+            extra={
+                **initial.extra,
+                "init": args.init.resolve().name if args.init.is_dir() else str(args.init),
+                **({"types_only_data": config.extra["train_data"]} if args.types_only else {}),
+                "seed": args.seed,
+                **({"licence": args.licence} if args.licence else {}),
+            },
+        )
     settings = TrainSettings(
         out=args.out,
         epochs=args.epochs,
@@ -216,6 +263,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         encoder_weights=args.encoder_weights,
         encoder_lr_scale=args.encoder_lr_scale,
         freeze_encoder=args.freeze_encoder,
+        init=args.init,
+        types_only=args.types_only,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
         max_steps=args.max_steps,
@@ -259,10 +308,13 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``wsi-infer-eval``: returns the exit status."""
+    import dataclasses
+
     from training.baseline import baseline_predictor
     from training.evaluate import evaluate, model_predictor
     from training.metrics import jsonable
     from wsi_infer.model import load_model
+    from wsi_infer.postprocess import PostprocessParams
 
     args = eval_parser().parse_args(argv)
     _setup(args.threads, not args.quiet)
@@ -284,7 +336,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = load_model(args.checkpoint)
         loaded.module.to(device)
-        predictor = model_predictor(loaded.module, loaded.config, device)
+        post = PostprocessParams.for_model(loaded.config)  # the model's own, as the engine uses
+        predictor = model_predictor(loaded.module, loaded.config, device, post)
+        report["postprocess"] = dataclasses.asdict(post)
         report["model"] = {
             "source": loaded.source,
             "sha256": loaded.sha256,

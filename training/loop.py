@@ -36,6 +36,7 @@ from training.metrics import jsonable
 from training.tune import nucleus_area_percentiles, tune_postprocess
 from wsi_infer.config import ModelConfig
 from wsi_infer.model import NucleusSegFormer, load_encoder_weights, save_checkpoint
+from wsi_infer.postprocess import PostprocessParams
 
 __all__ = ["TrainSettings", "class_weights_from", "plot_curves", "seed_everything", "train"]
 
@@ -62,6 +63,11 @@ class TrainSettings:
     encoder_lr_scale: float = 1.0
     #: fraction of the run during which the encoder is frozen (the new decoder warms up first)
     freeze_encoder: float = 0.0
+    #: start from this checkpoint's weights (and config)
+    init: Path | None = None
+    #: train the type logits of the output head only: foreground and distance outputs, and
+    #: everything that feeds them, stay exactly as in ``init``; checkpoints picked by mPQ
+    types_only: bool = False
     weight_decay: float = 1e-2
     schedule: str = "cosine"  # or "onecycle"
     warmup: float = 0.03  # fraction of the steps (cosine)
@@ -176,7 +182,25 @@ def train(
     module = NucleusSegFormer(model_config)
     if s.encoder_weights and not (s.resume and (out / "state.pt").is_file()):
         load_encoder_weights(module, s.encoder_weights)
+    if s.init is not None:
+        from wsi_infer.model import load_model
+
+        initial = load_model(s.init)
+        module.load_state_dict(initial.module.state_dict())
     module.to(device)
+    best_metric = "mPQ" if s.types_only else BEST_METRIC
+    kept_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    if s.types_only:
+        if s.init is None:
+            raise ValueError("types_only needs an init checkpoint")
+        for name, p in module.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+        # rows 0-1 of the 1x1 head are the foreground and distance outputs: kept as they are
+        head_bias = module.head.bias
+        assert head_bias is not None
+        kept_rows = (module.head.weight[:2].detach().clone(), head_bias[:2].detach().clone())
+        for key in ("bce", "tversky", "distance", "distance_gradient", "distance_bce"):
+            setattr(s.loss, key, 0.0)
     if s.loss.class_weights is None:
         s.loss.class_weights = class_weights_from(train_sources, model_config.num_classes + 1)
         logger.info("type class weights: %s", [round(w, 3) for w in s.loss.class_weights])
@@ -285,7 +309,10 @@ def train(
         + "\n"
     )
     t0 = time.monotonic()
-    predictor = model_predictor(module, model_config, device)
+    # validation during training: the config's post-processing (tuned after training)
+    predictor = model_predictor(
+        module, model_config, device, PostprocessParams.for_model(model_config)
+    )
     budget_spent = False
 
     def progress() -> float:
@@ -315,9 +342,12 @@ def train(
             if step >= total_steps:
                 break
             prog = progress()
-            frozen = prog < s.freeze_encoder
-            for p in encoder_params:
-                p.requires_grad_(not frozen)
+            if not s.types_only:
+                frozen = prog < s.freeze_encoder
+                for p in encoder_params:
+                    p.requires_grad_(not frozen)
+            else:
+                module.eval()  # no batch-norm statistics move: the features stay those of init
             if scheduler is None:
                 if s.time_budget and prog >= 1.0:
                     budget_spent = True
@@ -335,6 +365,10 @@ def train(
                 torch.nn.utils.clip_grad_norm_(module.parameters(), s.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if kept_rows is not None:
+                with torch.no_grad():
+                    module.head.weight[:2] = kept_rows[0]
+                    module.head.bias[:2] = kept_rows[1]  # type: ignore[index]
             if scheduler is not None:
                 scheduler.step()
             step += 1
@@ -362,14 +396,14 @@ def train(
         if val_sources and ((epoch + 1) % s.val_every == 0 or last_epoch or out_of_time):
             summary = evaluate(predictor, list(val_sources), limit=s.val_limit, progress=s.progress)
             record["val"] = summary
-            score = summary[BEST_METRIC]
+            score = summary[best_metric]
             if not math.isnan(score) and score > best:
                 best, best_summary = score, {**summary, "epoch": epoch, "step": step}
-                meta = {"epoch": str(epoch), "step": str(step), BEST_METRIC: f"{score:.4f}"}
+                meta = {"epoch": str(epoch), "step": str(step), best_metric: f"{score:.4f}"}
                 save_checkpoint(module, out / "best", metadata=meta)
                 if s.export_dir is not None:
                     save_checkpoint(module, s.export_dir, half=True, metadata=meta)
-                logger.info("epoch %d: new best %s %.4f", epoch, BEST_METRIC, score)
+                logger.info("epoch %d: new best %s %.4f", epoch, best_metric, score)
             logger.info(
                 "epoch %d: loss %.4f, val bPQ %.4f mPQ %.4f AJI %.4f Dice %.4f",
                 epoch,
@@ -409,11 +443,11 @@ def train(
         save_checkpoint(module, out / "best")
         if s.export_dir is not None:
             save_checkpoint(module, s.export_dir, half=True)
-    elif s.tune and (out / "best" / "model.safetensors").is_file():
+    elif s.tune and not s.types_only and (out / "best" / "model.safetensors").is_file():
         tune_checkpoint(out / "best", val_sources, device, s.export_dir)
     result = {
         "best": jsonable(best_summary),
-        "best_metric": BEST_METRIC,
+        "best_metric": best_metric,
         "steps": step,
         "elapsed_s": round(elapsed_before + time.monotonic() - t0, 1),
         "out": str(out),

@@ -40,7 +40,11 @@ logger = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
-    """What the engine needs from a backend."""
+    """What the engine needs from a backend.
+
+    ``model_sha256`` identifies the bytes that actually run (the ONNX file, the
+    TensorRT engine, the checkpoint's weights), never a claim inside a file.
+    """
 
     name: str
     device: str
@@ -318,12 +322,17 @@ class OnnxRuntimeBackend:
                 f"got {names_in} -> {names_out}"
             )
 
+        if not on_gpu:  # a GPU provider would build an engine for the probe's shape
+            _check_outputs(onnx_path, session, contract.config)
+
         self.config = contract.config
         self.precision = contract.precision
         self.onnx_path = onnx_path
         self.onnx_sha256 = _sha256(onnx_path)
-        # the checkpoint's weights identify the model, whichever runtime runs them
-        self.model_sha256 = contract.source_sha256 or self.onnx_sha256
+        # the file that runs identifies the model: the checkpoint hash in its metadata is a
+        # claim any file can copy, and fp16 and fp32 exports of one checkpoint differ
+        self.model_sha256 = self.onnx_sha256
+        self.source_sha256 = contract.source_sha256
         self.model_source = source
         self.providers = active
         self.device = f"cuda:{index}" if on_gpu else "cpu"
@@ -452,10 +461,17 @@ class TensorRTBackend:
         if engine is None:
             raise CheckpointError(f"{engine_path}: TensorRT cannot deserialize the engine")
         self.config = ModelConfig.from_dict(info.config)
+        out_dims = tuple(engine.get_tensor_shape(_OUTPUT))
+        if len(out_dims) != 4 or out_dims[3] not in (-1, MAP_CHANNELS):
+            raise CheckpointError(
+                f"{engine_path}: the engine outputs {out_dims}, the engine needs (batch, height, "
+                f"width, {MAP_CHANNELS}) maps; rebuild it with wsi-infer-export"
+            )
         self.precision = info.precision
         self.engine_path = engine_path
         self.engine_info = info
-        self.model_sha256 = info.source_sha256 or info.onnx_sha256
+        self.model_sha256 = _sha256(engine_path)  # the engine's own bytes, not its sidecar's claim
+        self.source_sha256 = info.source_sha256
         self.model_source = source
         self.device = f"cuda:{index}"
         self._torch = torch
@@ -509,6 +525,45 @@ class TensorRTBackend:
                 raise RuntimeError(f"{self.engine_path}: TensorRT execution failed")
             out: NDArray[np.uint8] = self._out.cpu().numpy()
         return out
+
+
+def _check_outputs(onnx_path: Path, session: Any, config: ModelConfig) -> None:
+    """Run a small probe batch: ``uint8 (B, H, W, 3)`` tiles must give ``uint8 (B, H, W, 4)``
+    maps whose class channel names one of the config's nucleus classes."""
+    shape = session.get_inputs()[0].shape
+    side = 2 * config.input_multiple
+    probe_shape = [
+        d if isinstance(d, int) and d > 0 else (1 if k == 0 else 3 if k == 3 else side)
+        for k, d in enumerate(shape)
+    ]
+    if len(probe_shape) != 4 or probe_shape[3] != 3:
+        raise CheckpointError(
+            f"{onnx_path}: the model's input is {shape}, not uint8 (batch, height, width, 3); "
+            "export it with wsi-infer-export"
+        )
+    probe = np.zeros(probe_shape, np.uint8)
+    try:
+        out = session.run([_OUTPUT], {_INPUT: probe})[0]
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+        raise CheckpointError(
+            f"{onnx_path}: the model fails on a {tuple(probe_shape)} probe ({exc})"
+        ) from exc
+    b, h, w, _ = probe_shape
+    want = (b, h, w, MAP_CHANNELS)
+    if tuple(out.shape) != want or out.dtype != np.uint8:
+        raise CheckpointError(
+            f"{onnx_path}: the model outputs {out.dtype} {tuple(out.shape)} for a "
+            f"{tuple(probe_shape)} input, the engine needs uint8 {want} maps (foreground, "
+            "distance, nucleus class, its probability); this file and its metadata do not "
+            "belong together: export the model again with wsi-infer-export"
+        )
+    classes = out[..., 2]
+    if classes.min() < 1 or classes.max() > config.num_classes:
+        raise CheckpointError(
+            f"{onnx_path}: the model gives nucleus classes {int(classes.min())}.."
+            f"{int(classes.max())} where its config has 1..{config.num_classes}; this file and its metadata do not belong "
+            "together: export the model again with wsi-infer-export"
+        )
 
 
 def _has_module(name: str) -> bool:

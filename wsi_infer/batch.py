@@ -20,12 +20,17 @@ from typing import Any
 
 from wsi_infer.backends import Backend
 from wsi_infer.engine import ProgressFactory, RunParams, RunSummary, run_slide
-from wsi_infer.errors import ManifestError, WsiInferError
+from wsi_infer.errors import ManifestError, OutputExistsError, OutputWriteError, WsiInferError
 from wsi_infer.events import EventLog, ProgressEvents
+from wsi_infer.lock import StoreLock
+from wsi_infer.store import is_wsi_infer_store, refuse_inside_store
 
 __all__ = ["BatchItem", "SlideResult", "items_from_paths", "read_manifest", "run_batch"]
 
 logger = logging.getLogger(__name__)
+
+#: The batch folder's lock file, inside it.
+BATCH_LOCK = "wsi-infer.lock"
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ def read_manifest(path: Path) -> list[BatchItem]:
     Relative paths are taken from the manifest's folder.
     """
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ManifestError(f"{path}: cannot read manifest ({exc})") from exc
@@ -108,12 +114,39 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_summary(out_dir: Path, results: Sequence[SlideResult]) -> None:
     rows = [asdict(r) for r in results]
-    _write_atomic(out_dir / "summary.json", json.dumps(rows, indent=2) + "\n")
     fields = list(SlideResult.__dataclass_fields__)
     lines = [",".join(fields)]
     for r in rows:
         lines.append(",".join(_csv_cell(r[f]) for f in fields))
-    _write_atomic(out_dir / "summary.csv", "\n".join(lines) + "\n")
+    try:
+        _write_atomic(out_dir / "summary.json", json.dumps(rows, indent=2) + "\n")
+        _write_atomic(out_dir / "summary.csv", "\n".join(lines) + "\n")
+    except OSError as exc:
+        raise OutputWriteError(
+            f"{out_dir}: cannot write the batch summary ({exc.strerror or exc}); "
+            "give --out a writable folder"
+        ) from exc
+
+
+def prepare_batch_folder(out_dir: Path) -> None:
+    """Make the batch's output folder, or say in one line why it cannot be one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(
+            f"{out_dir}: is a file; --out for several slides must be a folder (one NAME.zarr "
+            "per slide goes in it)"
+        )
+    if is_wsi_infer_store(out_dir):
+        raise OutputExistsError(
+            f"{out_dir}: is a wsi-infer store; --out for several slides must be a folder"
+        )
+    refuse_inside_store(out_dir, "batch folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"{out_dir}: cannot create the output folder ({exc.strerror or exc}); "
+            "give --out a writable folder"
+        ) from exc
 
 
 def _csv_cell(value: Any) -> str:
@@ -175,10 +208,40 @@ def run_batch(
     log: EventLog | None = None,
     geojson: bool = False,
 ) -> list[SlideResult]:
-    """Run every slide into ``out_dir/NAME.zarr``; failures are recorded, not raised."""
+    """Run every slide into ``out_dir/NAME.zarr``; failures are recorded, not raised.
+
+    The folder is locked for the batch (``FOLDER/wsi-infer.lock``), each store
+    for its slide's run (``NAME.zarr.lock``).
+    """
     check_names(items)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = log or EventLog(None)
+    prepare_batch_folder(out_dir)
+    with StoreLock(out_dir, path=out_dir / BATCH_LOCK):
+        return _run_items(
+            items,
+            out_dir,
+            backend,
+            params,
+            overwrite=overwrite,
+            progress=progress,
+            client=client,
+            log=log or EventLog(None),
+            geojson=geojson,
+        )
+
+
+def _run_items(
+    items: Sequence[BatchItem],
+    out_dir: Path,
+    backend: Backend,
+    params: RunParams,
+    *,
+    overwrite: bool,
+    progress: ProgressFactory | None,
+    client: Any,
+    log: EventLog,
+    geojson: bool,
+) -> list[SlideResult]:
+    write_summary(out_dir, [])  # a folder that cannot take the summary fails now, not at the end
     log.emit("batch_started", slides=len(items), out=str(out_dir))
     results: list[SlideResult] = []
     for item in items:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -116,14 +118,15 @@ class ModelConfig:
     foreground_threshold: float = 0.5
     marker_threshold: float = 0.5
     min_marker_area_um2: float = 0.0
-    min_nucleus_area_um2: float = 0.75
+    min_nucleus_area_um2: float = 3.0
     train_area_um2: tuple[float, float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        problems = _type_problems(self)
-        if problems:
-            raise CheckpointError("invalid model config: " + "; ".join(problems))
+        wrong = _type_problems(self)
+        if wrong:  # the checks below compare values: types first
+            raise CheckpointError("invalid model config: " + "; ".join(wrong))
+        problems = []
         if self.arch not in ARCHITECTURES:
             problems.append(f"arch {self.arch!r} is not one of {sorted(ARCHITECTURES)}")
         if not 0.01 <= self.mpp <= 100:
@@ -212,44 +215,61 @@ class ModelConfig:
             raise CheckpointError(f"{path}: cannot read model config ({exc})") from exc
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: model config must be a JSON object")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}; fix the file or re-export the model") from exc
 
 
 def _type_problems(config: ModelConfig) -> list[str]:
-    """Fields of the wrong JSON type (a string for a number, null for a size, ...)."""
-    problems = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name in ("name", "version", "arch"):
-            ok = isinstance(value, str)
-        elif f.name in ("tile_size", "overlap", "attention_window", "stem_channels"):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif f.name in ("mean", "std"):
-            ok = isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
-        elif f.name == "class_names":
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        elif f.name == "class_colours":
-            ok = isinstance(value, (list, tuple)) and all(
-                isinstance(c, (list, tuple))
-                and len(c) == 3
-                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
-                for c in value
-            )
-        elif f.name == "train_area_um2":
-            ok = value is None or (
-                isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
-            )
-        elif f.name == "extra":
-            ok = isinstance(value, dict)
-        else:  # the float fields
-            ok = _is_number(value)
-        if not ok:
-            problems.append(f"{f.name} has the wrong type ({value!r})")
-    return problems
+    """Fields whose value does not have the annotated type (JSON lists count as tuples)."""
+    hints = typing.get_type_hints(type(config))
+    return [
+        f"{f.name} {getattr(config, f.name)!r} is not {_describe(hints[f.name])}"
+        for f in dataclasses.fields(config)
+        if not _is_a(getattr(config, f.name), hints[f.name])
+    ]
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_a(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_a(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _is_a(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if origin is dict:
+        return isinstance(value, dict) and all(_is_a(k, args[0]) for k in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: "a number", "a list of 3 integers", "lists of strings"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        count = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
+        words = f"list{'s' if plural else ''} of {count}{_describe(args[0], True)}"
+    elif origin is dict:
+        words = "objects" if plural else "object"
+    else:
+        noun = {float: "number", int: "integer", str: "string"}.get(hint, str(hint))
+        words = noun + "s" if plural else noun
+    if plural:
+        return words
+    return ("an " if words[0] in "aeiou" else "a ") + words
 
 
 def _bundled_dir(name: str) -> Path:

@@ -25,11 +25,11 @@ The store's ``status`` turns ``complete`` last.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +42,10 @@ from numpy.typing import NDArray
 
 from wsi_infer import __version__
 from wsi_infer.backends import Backend
-from wsi_infer.errors import OutputExistsError, OutputWriteError, WsiInferError
+from wsi_infer.bounds import check_grid, check_memory, check_preview
+from wsi_infer.errors import OutputWriteError, StoreLockedError, WsiInferError
+from wsi_infer.identity import SlideIdentity, slide_identity
+from wsi_infer.lock import StoreLock
 from wsi_infer.params import RunParams
 from wsi_infer.predict import (
     BackendSpec,
@@ -50,10 +53,12 @@ from wsi_infer.predict import (
     PredictResult,
     RowTracker,
     execute,
+    missing_tiles,
     predict_tiles,
     tile_done,
 )
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
+from wsi_infer.resume import existing_store, fingerprint, slide_record
 from wsi_infer.scheduler import Call, predict_priority
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
@@ -62,10 +67,14 @@ from wsi_infer.store import (
     build_pyramid,
     create_store,
     prepare_output,
+    refuse_inside_store,
+    remove_creating,
+    remove_leftovers,
     reset_table,
 )
 from wsi_infer.tiling import TileGrid
 from wsi_infer.tissue import detect_tissue, read_thumbnail
+from wsi_infer.verify import check_complete, seal_complete
 
 __all__ = ["ProgressFactory", "RunParams", "RunSummary", "run_slide"]
 
@@ -121,57 +130,8 @@ def _scale_for(slide_mpp: float, model_mpp: float) -> float:
     return 1.0 if abs(scale - 1.0) <= MPP_TOLERANCE else scale
 
 
-def _slide_record(slide: Slide, slide_mpp: float, mpp_source: str) -> dict[str, Any]:
-    stat = slide.path.stat()
-    with slide.path.open("rb") as fh:
-        head = hashlib.sha256(fh.read(1 << 20)).hexdigest()
-    return {
-        "path": str(slide.path.resolve()),
-        "name": slide.path.name,
-        "size_bytes": stat.st_size,
-        "head_sha256": head,
-        "reader": slide.backend,
-        "vendor": slide.properties.get("openslide.vendor", slide.backend),
-        "dimensions": list(slide.dimensions),
-        "levels": len(slide.level_dimensions),
-        "mpp": slide_mpp,
-        "mpp_source": mpp_source,
-    }
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _fingerprint(slide: dict[str, Any], backend: Backend, params: RunParams) -> dict[str, Any]:
-    """What must match for an existing store to be resumed or taken as done."""
-    return {
-        "slide": {k: slide[k] for k in ("path", "size_bytes", "head_sha256", "mpp")},
-        "model_sha256": backend.model_sha256,
-        "backend": backend.name,
-        "device": backend.device,
-        "parameters": params.output_defining(),
-    }
-
-
-def _existing(out: Path, fingerprint: dict[str, Any]) -> tuple[zarr.Group, str]:
-    """An existing output that may be resumed: its group and status, else OutputExistsError."""
-    hint = "pass --overwrite to replace it, or choose another --out"
-    try:
-        root = zarr.open_group(str(out), mode="r+")
-        info = root.attrs.get(ATTR)
-    except Exception:
-        raise OutputExistsError(
-            f"{out}: already exists and is not a wsi-infer store; {hint}"
-        ) from None
-    if not isinstance(info, dict) or info.get("fingerprint") != fingerprint:
-        raise OutputExistsError(
-            f"{out}: already exists with another slide, model or parameters; {hint}"
-        )
-    status = str(info.get("status"))
-    if status != "complete" and "_scratch" not in root and info.get("stage") != "written":
-        raise OutputExistsError(f"{out}: an interrupted run that cannot be resumed; {hint}")
-    return root, status
 
 
 def run_slide(
@@ -187,23 +147,26 @@ def run_slide(
     """Process one slide into the store ``out``; see the module docstring.
 
     An existing ``out`` from the same slide, model and parameters is resumed
-    (or, when complete, left as it is); anything else there is an error unless
-    ``overwrite``.  ``client`` is a ``distributed.Client``: predict tasks then
-    run on its workers (each loads the model once; with ``device="cuda"`` they
-    ask for one ``GPU`` resource each).  ``progress(total, description)`` may
-    return a tqdm-like bar.  Raises :class:`~wsi_infer.errors.WsiInferError`
-    subclasses for bad input; a run that fails midway leaves its store marked
-    ``failed``, resumable once the cause is fixed.
+    (or, when complete and verified, left as it is); anything else there is an
+    error unless ``overwrite`` (which replaces only a wsi-infer store).  The
+    store is locked for the run (:mod:`wsi_infer.lock`); the slide, the grid and
+    the memory a batch needs are checked against :mod:`wsi_infer.bounds` first.
+    ``client`` is a ``distributed.Client``: predict tasks then run on its
+    workers (each loads the model once; with ``device="cuda"`` they ask for one
+    ``GPU`` resource each), given absolute paths they check.
+    ``progress(total, description)`` may return a tqdm-like bar.  Raises
+    :class:`~wsi_infer.errors.WsiInferError` subclasses for bad input; a run
+    that fails midway leaves its store marked ``failed``, resumable once the
+    cause is fixed.
     """
     params = params or RunParams.for_model(backend.config)
     params.check_model(backend.config)
     check_shapes = getattr(backend, "check_shapes", None)  # backends built for fixed shapes
     if check_shapes is not None:
         check_shapes(params.tile_size, params.batch_size)
-    started, t0 = _now(), time.perf_counter()
-    timings: dict[str, float] = {}
-    out = Path(out)
-    slide = open_slide(slide_path)
+    # absolute before anything is sent to a cluster: workers run in other folders
+    out = Path(out).absolute()
+    slide = open_slide(Path(slide_path).absolute())
     try:
         slide_mpp = resolve_mpp(slide, params.mpp)
         cfg = backend.config
@@ -211,96 +174,160 @@ def run_slide(
         reader = GridReader(slide, scale)
         run_mpp = slide_mpp * scale
         grid = TileGrid(reader.height, reader.width, params.tile_size, params.overlap)
-        record = _slide_record(slide, slide_mpp, "metadata" if params.mpp is None else "--mpp")
-        fingerprint = _fingerprint(record, backend, params)
-
-        root: zarr.Group | None = None
-        if out.exists() and not overwrite:
-            root, status = _existing(out, fingerprint)
-            info: Any = root.attrs[ATTR]
-            if status == "complete":
-                return RunSummary(
-                    str(out), int(info["nuclei"]), int(info["tiles"]), 0.0, {}, status="skipped"
-                )
-            logger.info("%s: resuming an interrupted run", out)
-            tissue_grid = np.asarray(root["labels/tissue/0"][:]).astype(bool)  # type: ignore[index]
-            tiles = grid.select(tissue_grid)
-        else:
-            t = time.perf_counter()
-            # Tissue: at least 64 px on the short side, never finer than the slide itself.
-            w0, h0 = slide.dimensions
-            tissue_mpp = max(min(params.tissue.mpp, min(w0, h0) * slide_mpp / 64), slide_mpp)
-            thumb = read_thumbnail(slide, slide_mpp, tissue_mpp)
-            tissue = detect_tissue(thumb, tissue_mpp, params.tissue)
-            tiles = grid.select(tissue)
-            timings["tissue_s"] = time.perf_counter() - t
-            prepare_output(out, overwrite)
-            attrs = {
-                "software": {"name": "wsi-infer", "version": __version__},
-                "model": {
-                    **cfg.to_dict(),
-                    "sha256": backend.model_sha256,
-                    "source": backend.model_source,
-                },
-                "backend": {"name": backend.name, "device": backend.device},
-                "parameters": dataclasses.asdict(params),
-                "slide": record,
-                "run_mpp": run_mpp,
-                "grid_shape": [reader.height, reader.width],
-                "grid_to_level0": scale,
-                "tissue": {
-                    "mpp": tissue_mpp,
-                    "fraction": float(tissue.mean()) if tissue.size else 0.0,
-                },
-                "tiles": len(tiles),
-                "fingerprint": fingerprint,
-                "started": started,
-            }
-            root = _guard_write(
-                out,
-                lambda: create_store(
-                    out,
-                    grid_shape=(reader.height, reader.width),
-                    chunk=params.label_chunk,
-                    map_chunk=grid.stride,
-                    tissue=tissue,
-                    tissue_mpp=tissue_mpp,
-                    run_mpp=run_mpp,
-                    class_names=cfg.class_names,
-                    class_colours=cfg.class_colours,
-                    attrs=attrs,
-                ),
+        check_grid(slide.path, slide.dimensions, grid, run_mpp)
+        # Tissue: at least 64 px on the short side, never finer than the slide itself.
+        w0, h0 = slide.dimensions
+        tissue_mpp = max(min(params.tissue.mpp, min(w0, h0) * slide_mpp / 64), slide_mpp)
+        if params.tissue.enabled:
+            check_preview(slide, slide_mpp, tissue_mpp)
+        check_memory(slide.path, cfg, params.tile_size, params.batch_size, backend.device)
+        identity = slide_identity(slide.path)
+        record = slide_record(
+            slide, identity, slide_mpp, "metadata" if params.mpp is None else "--mpp"
+        )
+        job = _SlideJob(
+            slide,
+            slide_mpp,
+            identity,
+            out,
+            backend,
+            params,
+            reader,
+            grid,
+            scale,
+            run_mpp,
+            tissue_mpp,
+        )
+        refuse_inside_store(out, "store")
+        with StoreLock(out) as lock:
+            return _run_locked(
+                job, record, fingerprint(record, backend, params), lock, overwrite, progress, client
             )
-        assert root is not None
-        try:
-            nuclei, computed = _guard_write(
-                out,
-                lambda: _run_stages(
-                    root,
-                    grid,
-                    reader,
-                    backend,
-                    params,
-                    tiles,
-                    scale,
-                    run_mpp,
-                    timings,
-                    progress,
-                    client,
-                    str(slide.path),
-                ),
-            )
-        except BaseException as exc:
-            _mark(root, status="failed", error=f"{type(exc).__name__}: {exc}")
-            raise
     finally:
         slide.close()
 
-    seconds = time.perf_counter() - t0
-    _mark(
-        root, nuclei=nuclei, finished=_now(), seconds=seconds, timings=timings, status="complete"
-    )  # the last write: only now is the store complete
+
+@dataclass(frozen=True)
+class _SlideJob:
+    """One slide's run, as settled before the store is touched."""
+
+    slide: Slide
+    slide_mpp: float
+    identity: SlideIdentity
+    out: Path
+    backend: Backend
+    params: RunParams
+    reader: GridReader
+    grid: TileGrid
+    scale: float
+    run_mpp: float
+    tissue_mpp: float
+
+
+def _run_locked(
+    job: _SlideJob,
+    record: dict[str, Any],
+    wanted: dict[str, Any],
+    lock: StoreLock,
+    overwrite: bool,
+    progress: ProgressFactory | None,
+    client: Any,
+) -> RunSummary:
+    started, t0 = _now(), time.perf_counter()
+    timings: dict[str, float] = {}
+    out, params, grid, backend = job.out, job.params, job.grid, job.backend
+    _guard_write(out, lambda: remove_creating(out))
+    root: zarr.Group | None = None
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        root, status = existing_store(out, wanted)
+        if status == "complete":
+            check_complete(out, root)  # a store that fails verification is reported, not trusted
+            info: Any = root.attrs[ATTR]
+            return RunSummary(
+                str(out), int(info["nuclei"]), int(info["tiles"]), 0.0, {}, status="skipped"
+            )
+        logger.info("%s: resuming an interrupted run", out)
+        if "store_id" not in root.attrs[ATTR]:  # type: ignore[operator]
+            _mark(root, store_id=uuid.uuid4().hex)
+        tissue_grid = np.asarray(root["labels/tissue/0"][:]).astype(bool)  # type: ignore[index]
+        tiles = grid.select(tissue_grid)
+    else:
+        t = time.perf_counter()
+        tissue = _tissue(job)
+        tiles = grid.select(tissue)
+        timings["tissue_s"] = time.perf_counter() - t
+        _guard_write(out, lambda: prepare_output(out, overwrite))
+        cfg = backend.config
+        attrs = {
+            "software": {"name": "wsi-infer", "version": __version__},
+            "model": {
+                **cfg.to_dict(),
+                "sha256": backend.model_sha256,
+                "precision": getattr(backend, "precision", "fp32"),
+                "source": backend.model_source,
+                "source_sha256": getattr(backend, "source_sha256", backend.model_sha256),
+            },
+            "backend": {"name": backend.name, "device": backend.device},
+            "parameters": dataclasses.asdict(params),
+            "slide": record,
+            "run_mpp": job.run_mpp,
+            "grid_shape": [grid.height, grid.width],
+            "grid_to_level0": job.scale,
+            "tissue": {
+                "mpp": job.tissue_mpp,
+                "fraction": float(tissue.mean()) if tissue.size else 0.0,
+            },
+            "tiles": len(tiles),
+            "fingerprint": wanted,
+            "store_id": uuid.uuid4().hex,
+            "started": started,
+        }
+        root = _guard_write(
+            out,
+            lambda: create_store(
+                out,
+                grid_shape=(grid.height, grid.width),
+                chunk=params.label_chunk,
+                map_chunk=grid.stride,
+                tissue=tissue,
+                tissue_mpp=job.tissue_mpp,
+                run_mpp=job.run_mpp,
+                class_names=cfg.class_names,
+                class_colours=cfg.class_colours,
+                attrs=attrs,
+            ),
+        )
+    assert root is not None
+    try:
+        nuclei, computed = _guard_write(
+            out, lambda: _run_stages(root, job, tiles, timings, progress, client)
+        )
+        seconds = time.perf_counter() - t0
+        lock.check()  # never mark complete a store another run has taken over
+        _guard_write(
+            out,
+            lambda: _finish(root, out, nuclei=nuclei, seconds=seconds, timings=timings),
+        )
+    except BaseException as exc:
+        if not isinstance(exc, StoreLockedError):  # a store taken over is no longer ours
+            _mark_failed(root, f"{type(exc).__name__}: {exc}")
+        raise
     return RunSummary(str(out), nuclei, len(tiles), seconds, timings, tiles_computed=computed)
+
+
+def _tissue(job: _SlideJob) -> NDArray[np.bool_]:
+    """The tissue mask at ``job.tissue_mpp`` (all tissue, unread, when the mask is off)."""
+    slide, params, slide_mpp = job.slide, job.params, job.slide_mpp
+    if not params.tissue.enabled:
+        shape = GridReader(slide, max(job.tissue_mpp / slide_mpp, 1.0))
+        return np.ones((shape.height, shape.width), dtype=bool)
+    thumb = read_thumbnail(slide, slide_mpp, job.tissue_mpp)
+    return detect_tissue(thumb, job.tissue_mpp, params.tissue)
+
+
+def _finish(root: zarr.Group, out: Path, **changes: Any) -> None:
+    """Clean the store, record its digests, then (the last write) mark it complete."""
+    seal_complete(out, root, **changes, finished=_now())
 
 
 def _mark(root: zarr.Group, **changes: Any) -> None:
@@ -308,10 +335,16 @@ def _mark(root: zarr.Group, **changes: Any) -> None:
     info.update(changes)
     if info.get("status") != "failed":
         info.pop("error", None)
+    root.attrs[ATTR] = info
+
+
+def _mark_failed(root: zarr.Group, error: str) -> None:
+    """Record a failure (best effort: the error being raised is what the user must see)."""
     try:
-        root.attrs[ATTR] = info
+        if dict(root.attrs[ATTR]).get("status") != "complete":  # type: ignore[arg-type]
+            _mark(root, status="failed", error=error)
     except OSError:
-        logger.exception("could not record status %r in the store", changes.get("status"))
+        logger.exception("could not record the failure in the store")
 
 
 def _guard_write(out: Path, fn: Callable[[], Any]) -> Any:
@@ -329,24 +362,18 @@ def _guard_write(out: Path, fn: Callable[[], Any]) -> Any:
 
 def _run_stages(
     root: zarr.Group,
-    grid: TileGrid,
-    reader: GridReader,
-    backend: Backend,
-    params: RunParams,
+    sj: _SlideJob,
     tiles: list[tuple[int, int]],
-    scale: float,
-    run_mpp: float,
     timings: dict[str, float],
     progress: ProgressFactory | None,
     client: Any,
-    slide_path: str,
 ) -> tuple[int, int]:
+    grid, reader, backend, params = sj.grid, sj.reader, sj.backend, sj.params
+    scale, run_mpp = sj.scale, sj.run_mpp
     info: Any = root.attrs[ATTR]
     nuclei_arr: Any = root["labels/nuclei/0"]
     types_arr: Any = root["labels/types/0"]
     if info.get("stage") == "written":  # only the scratch removal and the status were left
-        if "_scratch" in root:
-            del root["_scratch"]
         return int(info["nuclei"]), 0
     maps: Any = root["_scratch/maps"]
 
@@ -360,7 +387,16 @@ def _run_stages(
         (k, b) for k, b in enumerate(batches) if not all(tile_done(maps, grid, tile) for tile in b)
     ]
     pending = sum(len(b) for _, b in todo)
-    job = PredictJob(slide_path, scale, grid, maps, BackendSpec.of(backend))
+    job = PredictJob(
+        str(sj.slide.path),
+        sj.identity.content,
+        str(sj.out),
+        str(info["store_id"]),
+        scale,
+        grid,
+        maps,
+        BackendSpec.of(backend),
+    )
     local = None if client is not None else (backend, threading.Lock(), reader)
     # Top rows first (an explicit priority, see wsi_infer.scheduler), so stage 2 can start
     # on the first bands while the model works further down.
@@ -438,6 +474,13 @@ def _run_stages(
     timings["segment_s"] = seg_seconds
     timings.update(busy)
     timings.update(seg_busy)
+    missing = missing_tiles(sj.out, tiles)
+    if missing:  # the tasks said done, but their maps are not in this store
+        raise OutputWriteError(
+            f"{sj.out}: {len(missing)} of {len(tiles)} predicted tiles are not in the store "
+            f"(e.g. tile {missing[0]}); check that every worker sees this store at this path, "
+            "then run the same command again"
+        )
 
     t = time.perf_counter()
     labels_group = root["labels"]
@@ -450,7 +493,7 @@ def _run_stages(
 
     _mark(root, nuclei=nuclei)
     _mark(root, stage="written", statistics=slide_statistics(root))
-    del root["_scratch"]
+    remove_leftovers(sj.out)
     timings["write_s"] = time.perf_counter() - t
     return nuclei, pending
 

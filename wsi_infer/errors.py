@@ -10,15 +10,21 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
+    "ClusterError",
+    "CorruptStoreError",
+    "IdentityMismatchError",
     "IncompleteStoreError",
     "ManifestError",
     "MissingMppError",
     "OutputExistsError",
     "OutputWriteError",
     "ParameterError",
+    "ResolutionError",
     "SlideNotFoundError",
     "SlideReadError",
+    "StoreLockedError",
     "UnsupportedSlideError",
+    "WorkLimitError",
     "WsiInferError",
 ]
 
@@ -69,3 +75,27 @@ class CheckpointError(WsiInferError, ValueError):
 
 class BackendUnavailableError(WsiInferError, ImportError):
     """An inference backend's package or hardware is missing."""
+
+
+class ResolutionError(WsiInferError, ValueError):
+    """A resolution (``--mpp`` or the metadata's) is no microscope's, or X and Y differ."""
+
+
+class WorkLimitError(WsiInferError, ValueError):
+    """A run would exceed a bound on its size: tiles, pixels or memory per batch."""
+
+
+class StoreLockedError(WsiInferError, BlockingIOError):
+    """Another live wsi-infer run holds the output store's lock."""
+
+
+class CorruptStoreError(IncompleteStoreError):
+    """A store that says it is complete fails verification (missing, edited or damaged)."""
+
+
+class IdentityMismatchError(WsiInferError, ValueError):
+    """A worker sees another slide or store than the client at the same path."""
+
+
+class ClusterError(WsiInferError, ConnectionError):
+    """The dask scheduler cannot be reached, started, or has no workers."""

@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from wsi_infer.errors import OutputWriteError
+from wsi_infer.store import refuse_inside_store
+
 __all__ = ["EventLog"]
 
 
@@ -23,7 +26,16 @@ class EventLog:
     def __init__(self, path: str | Path | None) -> None:
         self._fh: TextIO | None = None
         if path is not None:
-            self._fh = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+            path = Path(path)
+            refuse_inside_store(path, "event log")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise OutputWriteError(
+                    f"{path}: cannot write the event log ({exc.strerror or exc}); give a "
+                    "writable file path to --log-json"
+                ) from exc
         self._lock = threading.Lock()
 
     def emit(self, event: str, **fields: Any) -> None:

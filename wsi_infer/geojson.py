@@ -41,8 +41,8 @@ import numpy as np
 import zarr
 from numpy.typing import NDArray
 
-from wsi_infer.errors import OutputExistsError
-from wsi_infer.store import ATTR, open_result
+from wsi_infer.errors import OutputExistsError, OutputWriteError
+from wsi_infer.store import ATTR, open_result, refuse_inside_store
 
 __all__ = ["GeoJsonSummary", "NucleusShape", "export_geojson", "iter_nucleus_shapes"]
 
@@ -242,6 +242,7 @@ def export_geojson(
     """
     out = Path(out)
     root = open_result(store)
+    refuse_inside_store(out, "GeoJSON")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{out}: already exists; pass --overwrite to replace it")
     if out.is_dir():
@@ -261,6 +262,7 @@ def export_geojson(
     summary = GeoJsonSummary(out)
     partial = out.with_name(out.name + ".partial")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with _open_text(partial, compress) as fh:
             fh.write('{"type":"FeatureCollection","features":[\n')
             first = True
@@ -288,8 +290,13 @@ def export_geojson(
                 summary.features += 1
             fh.write("\n]}\n")
         os.replace(partial, out)
+    except OSError as exc:
+        _remove(partial)
+        raise OutputWriteError(
+            f"{out}: cannot write the GeoJSON ({exc.strerror or exc}); choose a writable folder"
+        ) from exc
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise
     if summary.empty:
         logger.warning("%s: %d nuclei have no pixels in the label image", store, summary.empty)
@@ -304,6 +311,13 @@ def export_geojson(
             summary.max_area_error * 100,
         )
     return summary
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a folder we cannot write to holds nothing of ours
+        logger.debug("cannot remove %s: %s", path, exc)
 
 
 def _f32(value: float) -> float:

@@ -194,7 +194,14 @@ def load_model(model: str | Path = "default") -> LoadedModel:
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise CheckpointError(f"{path / WEIGHTS_FILE}: cannot read weights ({exc})") from exc
     state = {k: v.float() for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # torch's "size mismatch for ..." (a config of other weights)
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{path}: weights do not match config.json ({first}); use the config saved with "
+            "these weights"
+        ) from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match config (missing {len(missing)}, "

@@ -3,23 +3,29 @@
 Each tile's core goes into the store's scratch array as one zarr chunk; a chunk on
 disk is a tile done, so a run started again skips it.  Tasks run in threads of this
 process or on the workers of a dask cluster (each builds its own backend and reader,
-once per process).
+once per process).  Paths sent to workers are absolute, and a worker checks, once
+per process, that it sees the client's slide (size and sampled-content hash) and
+store (its random ``store_id``) before it writes anything.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
-from wsi_infer.backends import Backend
-from wsi_infer.errors import CheckpointError
+from wsi_infer.backends import MAP_CHANNELS, Backend
+from wsi_infer.errors import CheckpointError, IdentityMismatchError
+from wsi_infer.identity import slide_identity
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.recipe import BackendRecipe
 from wsi_infer.scheduler import Call, run_prioritised, submit_prioritised
@@ -31,6 +37,7 @@ __all__ = [
     "PredictResult",
     "RowTracker",
     "execute",
+    "missing_tiles",
     "predict_tiles",
     "tile_done",
 ]
@@ -56,19 +63,58 @@ def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
 
 
 @functools.lru_cache(maxsize=8)
-def _process_reader(path: str, scale: float) -> GridReader:
+def _process_reader(path: str, scale: float, content: str) -> GridReader:
+    """The slide at ``path``, once it is proven to be the client's (``content`` identity)."""
+    seen = slide_identity(Path(path)).content
+    if seen != content:
+        raise IdentityMismatchError(
+            f"{path}: this worker sees another file than the client at this path (size and "
+            f"sampled sha256 {seen[:24]}... != {content[:24]}...); give every worker the same "
+            "slide at the same absolute path"
+        )
     return GridReader(open_slide(path), scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _process_maps(store: str, store_id: str) -> Any:
+    """The scratch array of the store at ``store``, once it is proven to be the client's."""
+    from wsi_infer.store import ATTR
+
+    try:
+        root = zarr.open_group(store, mode="r+")
+        seen = root.attrs.get(ATTR, {}).get("store_id")  # type: ignore[union-attr]
+    except (FileNotFoundError, ValueError, AttributeError, zarr.errors.NodeTypeValidationError):
+        seen = None
+    if seen != store_id:
+        raise IdentityMismatchError(
+            f"{store}: this worker does not see the client's store at this path (store id "
+            f"{seen} != {store_id}); put the output on a filesystem every worker shares, at the "
+            "same absolute path"
+        )
+    return root["_scratch/maps"]
 
 
 @dataclass(frozen=True)
 class PredictJob:
-    """What a predict task needs, small and picklable: it runs on any worker."""
+    """What a predict task needs, small and picklable: it runs on any worker.
+
+    ``slide`` and ``store`` are absolute paths; ``slide_content`` and
+    ``store_id`` are what a worker checks it sees there.  ``maps`` is the
+    client's scratch array, used by tasks run in the client's own threads.
+    """
 
     slide: str
+    slide_content: str
+    store: str
+    store_id: str
     scale: float
     grid: TileGrid
-    maps: Any  # the scratch zarr array (pickles as its store and path)
+    maps: Any
     backend: BackendSpec
+
+    def __post_init__(self) -> None:
+        if not (Path(self.slide).is_absolute() and Path(self.store).is_absolute()):
+            raise ValueError("a predict job needs absolute slide and store paths")
 
 
 @dataclass(frozen=True)
@@ -97,10 +143,12 @@ def predict_tiles(
     process); without it, the worker's own (cached) ones are used.
     """
     if local is None:
+        maps = _process_maps(job.store, job.store_id)
+        reader = _process_reader(job.slide, job.scale, job.slide_content)
         backend, lock = _process_backend(job.backend)
-        reader = _process_reader(job.slide, job.scale)
     else:
         backend, lock, reader = local
+        maps = job.maps
     grid, t = job.grid, job.grid.tile
     t0, c0 = time.perf_counter(), time.thread_time()
     imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
@@ -110,10 +158,17 @@ def predict_tiles(
         out = backend(imgs)  # compact maps, made in the model's graph
         t3 = time.perf_counter()
     c3 = time.thread_time()
+    want = (len(tiles), t, t, MAP_CHANNELS)
+    if tuple(out.shape) != want or out.dtype != np.uint8:
+        raise CheckpointError(
+            f"{backend.model_source}: the model returned {out.dtype} {tuple(out.shape)} for "
+            f"{len(tiles)} tiles of {t} px, the engine needs uint8 {want} maps; the model file "
+            "and its config do not belong together: export it again with wsi-infer-export"
+        )
     h = grid.halo
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
-        job.maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
+        maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
     return PredictResult(
         list(tiles),
         read_s=t1 - t0,
@@ -175,6 +230,17 @@ def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
     except Exception:  # a chunk cut short by a crash: not done, it will be written again
         logger.warning("scratch chunk of tile %s unreadable; recomputing it", tile)
         return False
+
+
+def missing_tiles(store: Path, tiles: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Tiles whose scratch chunk is not in the store at ``store`` (one directory walk)."""
+    folder = store / "_scratch" / "maps" / "c"
+    present: set[tuple[int, int]] = set()
+    for dirpath, _, files in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder).parts
+        if len(rel) == 2 and "0" in files and all(p.isdigit() for p in rel):
+            present.add((int(rel[0]), int(rel[1])))
+    return [t for t in tiles if t not in present]
 
 
 def execute(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from wsi_infer.bounds import MAX_ANISOTROPY, MAX_MPP, MIN_MPP
 from wsi_infer.errors import (
     MissingMppError,
+    ResolutionError,
     SlideNotFoundError,
     SlideReadError,
     UnsupportedSlideError,
@@ -30,15 +33,15 @@ logger = logging.getLogger(__name__)
 
 _WHITE = 255
 #: Coarser than this (a 0.5x objective) the metadata's resolution is taken as bogus.
-MAX_PLAUSIBLE_MPP = 20.0
+MAX_PLAUSIBLE_MPP = MAX_MPP
 
 
 class Slide:
     """A slide: its pyramid geometry, resolution and a region reader.
 
     ``level_dimensions`` are ``(width, height)`` per level, level 0 first;
-    ``mpp`` is micrometres per level-0 pixel, or ``None`` when the file does not
-    say.  :meth:`read_region` returns ``uint8`` RGB ``(h, w, 3)`` with
+    ``mpp`` is micrometres per level-0 pixel (along X), or ``None`` when the
+    file does not say; ``mpp_y`` the same along Y.  :meth:`read_region` returns ``uint8`` RGB ``(h, w, 3)`` with
     everything outside the slide white.
     """
 
@@ -49,6 +52,7 @@ class Slide:
         self.level_dimensions: list[tuple[int, int]] = []
         self.level_downsamples: list[float] = []
         self.mpp: float | None = None
+        self.mpp_y: float | None = None
         self.properties: dict[str, str] = {}
 
     @property
@@ -91,13 +95,8 @@ class OpenSlideSlide(Slide):
         self.level_dimensions = [tuple(d) for d in self._osr.level_dimensions]  # type: ignore[misc]
         self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
         self.properties = dict(self._osr.properties)
-        mpp = self.properties.get("openslide.mpp-x")
-        try:
-            self.mpp = float(mpp) if mpp else None
-        except ValueError:
-            self.mpp = None
-        if self.mpp is not None and not (self.mpp > 0 and math.isfinite(self.mpp)):
-            self.mpp = None
+        self.mpp = _positive(self.properties.get("openslide.mpp-x"))
+        self.mpp_y = _positive(self.properties.get("openslide.mpp-y"))
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
         d = self.level_downsamples[level]
@@ -113,10 +112,20 @@ class OpenSlideSlide(Slide):
         self._osr.close()
 
 
-def _tiff_mpp(tif: Any) -> float | None:
+def _positive(text: str | None) -> float | None:
+    """A positive finite number from metadata text, else None."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and value > 0 and math.isfinite(value) else None
+
+
+def _tiff_mpp(tif: Any, axis: str = "X") -> float | None:
+    """Micrometres per pixel along ``axis`` (X or Y) from OME or TIFF resolution tags."""
     if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        m = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
+        unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
         if m:
             value = float(m.group(1))
             factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(
@@ -126,8 +135,8 @@ def _tiff_mpp(tif: Any) -> float | None:
                 return value * factor
     page = tif.pages[0]
     tags = page.tags
-    if "XResolution" in tags and "ResolutionUnit" in tags:
-        num, den = tags["XResolution"].value
+    if f"{axis}Resolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags[f"{axis}Resolution"].value
         res_unit = int(tags["ResolutionUnit"].value)
         if num and den:
             per_unit = num / den
@@ -161,7 +170,8 @@ class TiffSlide(Slide):
             self.level_dimensions.append((int(lvl.shape[1]), int(lvl.shape[0])))
         w0 = self.level_dimensions[0][0]
         self.level_downsamples = [w0 / d[0] for d in self.level_dimensions]
-        self.mpp = _tiff_mpp(self._tif)
+        self.mpp = _tiff_mpp(self._tif, "X")
+        self.mpp_y = _tiff_mpp(self._tif, "Y")
         self._lock = threading.Lock()
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
@@ -194,6 +204,10 @@ def open_slide(path: str | Path) -> Slide:
         raise SlideNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise SlideNotFoundError(f"{path}: is a directory, not a slide file")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # a pipe or device would block or never end
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise UnsupportedSlideError(f"{path}: is {kind}, not a regular file; give the slide file")
     try:
         with path.open("rb") as fh:
             fh.read(1)
@@ -269,19 +283,38 @@ class GridReader:
 
 
 def resolve_mpp(slide: Slide, mpp: float | None) -> float:
-    """The slide's mpp: ``mpp`` if given, else its metadata, else a one-line error."""
+    """The slide's mpp: ``mpp`` if given, else its metadata, else a one-line error.
+
+    Either must lie in ``MIN_MPP..MAX_MPP`` (:mod:`wsi_infer.bounds`); the
+    metadata's X and Y resolutions must agree (``mpp`` overrides both).
+    """
     if mpp is not None:
-        if not (mpp > 0 and math.isfinite(mpp)):
-            raise MissingMppError(f"{slide.path}: --mpp must be a positive number, got {mpp}")
+        if not (MIN_MPP <= mpp <= MAX_MPP):  # also refuses NaN
+            raise ResolutionError(
+                f"{slide.path}: --mpp {mpp:g} µm/px is no microscope's (outside "
+                f"{MIN_MPP:g}..{MAX_MPP:g}); give the slide's real resolution "
+                "(e.g. 0.25 for 40x, 0.5 for 20x)"
+            )
         return float(mpp)
-    if slide.mpp is not None and slide.mpp > MAX_PLAUSIBLE_MPP:
-        raise MissingMppError(
-            f"{slide.path}: the metadata's resolution, {slide.mpp:.4g} µm/px, is no microscope's "
-            "(a TIFF writer's default dpi?); pass --mpp with the real one"
-        )
     if slide.mpp is None:
         raise MissingMppError(
             f"{slide.path}: the slide's metadata gives no resolution; pass --mpp "
             "(micrometres per pixel, e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+        )
+    if slide.mpp > MAX_MPP:
+        raise MissingMppError(
+            f"{slide.path}: the metadata's resolution, {slide.mpp:.4g} µm/px, is no microscope's "
+            "(a TIFF writer's default dpi?); pass --mpp with the real one"
+        )
+    if slide.mpp < MIN_MPP:
+        raise MissingMppError(
+            f"{slide.path}: the metadata's resolution, {slide.mpp:.4g} µm/px, is finer than any "
+            f"light microscope's ({MIN_MPP:g}); pass --mpp with the real one"
+        )
+    if slide.mpp_y is not None and abs(slide.mpp_y - slide.mpp) > MAX_ANISOTROPY * slide.mpp:
+        raise ResolutionError(
+            f"{slide.path}: X and Y resolutions differ ({slide.mpp:.4g} vs {slide.mpp_y:.4g} "
+            "µm/px); non-square pixels are not supported: resample the slide to square pixels, or pass "
+            "--mpp if the metadata is wrong"
         )
     return slide.mpp

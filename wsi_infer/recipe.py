@@ -10,7 +10,7 @@ backend the client built, never one from partial information.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ class BackendRecipe:
     cache_dir: str | None = None
     tile_sizes: tuple[int, ...] = ()
     batch: tuple[int, int, int] = (1, 2, 2)
-    sha256: str = field(default="", compare=False)
+    sha256: str = ""
 
     def __post_init__(self) -> None:
         if not self.backend or not self.model:
@@ -92,12 +92,16 @@ class BackendRecipe:
 
     @classmethod
     def of(cls, backend: Backend) -> BackendRecipe:
-        """The recipe ``backend`` was built from, with its model identity (a backend made
-        without :func:`~wsi_infer.backends.create_backend` gets the recipe of its name, model
-        and device)."""
+        """The recipe ``backend`` was built from, with its model identity and, where the model
+        is a file or folder, its absolute path (workers may run in other folders; a backend
+        made without :func:`~wsi_infer.backends.create_backend` gets the recipe of its name,
+        model and device)."""
         recipe = getattr(backend, "recipe", None)
         if not isinstance(recipe, BackendRecipe):
             recipe = cls(backend.name, backend.model_source, backend.device)
+        source = Path(recipe.model)
+        if source.exists() and not source.is_absolute():
+            recipe = replace(recipe, model=str(source.absolute()))
         return recipe.with_identity(backend.model_sha256)
 
     @classmethod

@@ -11,12 +11,20 @@
 
 Label groups carry OME-NGFF 0.5 ``multiscales`` and ``image-label`` metadata.
 The root attribute ``wsi_infer`` holds provenance; its ``status`` becomes
-``"complete"`` last, only after everything else is written.
+``"complete"`` last, only after everything else is written and the digests
+that :mod:`wsi_infer.verify` checks are recorded.
+
+A store is created whole under a temporary name and renamed into place, so an
+output path holds either nothing or a store with its attributes; ``--overwrite``
+deletes only such a store, never another folder or file.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +38,15 @@ from wsi_infer.errors import IncompleteStoreError, OutputExistsError
 __all__ = [
     "TABLE_COLUMNS",
     "create_store",
+    "is_wsi_infer_store",
     "open_result",
     "prepare_output",
     "read_table",
+    "refuse_inside_store",
+    "remove_creating",
+    "remove_leftovers",
+    "store_attribute",
+    "store_containing",
 ]
 
 ATTR = "wsi_infer"
@@ -48,17 +62,97 @@ TABLE_COLUMNS: dict[str, tuple[str, int | None]] = {
 TABLE_CHUNK = 65536
 
 
+def store_attribute(path: Path) -> Any:
+    """The ``wsi_infer`` root attribute of the zarr v3 group at ``path`` (None if there is none).
+
+    Read from ``zarr.json`` directly, so any folder (another tool's) can be asked.
+    """
+    try:
+        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    attrs = meta.get("attributes")
+    return attrs.get(ATTR) if isinstance(attrs, dict) else None
+
+
+def is_wsi_infer_store(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a store wsi-infer wrote (complete or not)."""
+    return path.is_dir() and not path.is_symlink() and isinstance(store_attribute(path), dict)
+
+
+def store_containing(path: Path) -> Path | None:
+    """The wsi-infer store that ``path`` lies inside, if any (``path`` itself not counted)."""
+    for folder in path.absolute().parents:
+        if is_wsi_infer_store(folder):
+            return folder
+    return None
+
+
+def refuse_inside_store(path: Path, what: str) -> None:
+    """Raise :class:`OutputExistsError` when ``path`` would be written inside a store."""
+    store = store_containing(path)
+    if store is not None:
+        raise OutputExistsError(
+            f"{path}: is inside the wsi-infer store {store}; write the {what} outside it "
+            "(a store holds only what the run wrote)"
+        )
+
+
+def _describe(path: Path) -> str:
+    if path.is_symlink():
+        return "a symbolic link"
+    if not path.is_dir():
+        return "a file"
+    if (path / "zarr.json").is_file():
+        return f"a zarr store without a '{ATTR}' attribute, another tool's"
+    return "a folder that is no zarr store"
+
+
 def prepare_output(path: Path, overwrite: bool) -> None:
-    """Refuse to clobber an existing output unless ``overwrite``; then remove it."""
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise OutputExistsError(
-                f"{path}: already exists; pass --overwrite to replace it, or choose another --out"
-            )
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    """Refuse to clobber an existing output unless ``overwrite``; then remove it.
+
+    Only a wsi-infer store (or an empty folder) is ever removed: anything else
+    at ``path`` is an error even with ``overwrite``.
+    """
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"{path}: already exists; pass --overwrite to replace it, or choose another --out"
+        )
+    if is_wsi_infer_store(path):
+        shutil.rmtree(path)
+    elif path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        path.rmdir()
+    else:
+        raise OutputExistsError(
+            f"{path}: is {_describe(path)}, not a wsi-infer store; --overwrite replaces only "
+            "wsi-infer stores: move it away or choose another --out"
+        )
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove what only a run in progress needs: ``_scratch`` and zarr's ``*.partial`` files.
+
+    Works on the files themselves, so a scratch folder half removed by a kill (its
+    ``zarr.json`` gone, chunks left) goes too.
+    """
+    scratch = path / "_scratch"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial"):
+                (Path(dirpath) / name).unlink(missing_ok=True)
+
+
+def remove_creating(path: Path) -> None:
+    """Remove stores left half-created under a temporary name beside ``path`` (by a kill)."""
+    for tmp in path.parent.glob(f".{path.name}.creating-*"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _axes() -> list[dict[str, str]]:
@@ -95,7 +189,46 @@ def create_store(
     class_colours: tuple[tuple[int, int, int], ...],
     attrs: dict[str, Any],
 ) -> zarr.Group:
-    """Create the store's arrays (empty) with ``status: running``."""
+    """Create the store's arrays (empty) with ``status: running``.
+
+    The store is made under a temporary name beside ``path`` and renamed into
+    place: ``path`` never holds a store without its attributes.
+    """
+    final = path
+    path = final.with_name(f".{final.name}.creating-{uuid.uuid4().hex[:12]}")
+    try:
+        _create_arrays(
+            path,
+            grid_shape=grid_shape,
+            chunk=chunk,
+            map_chunk=map_chunk,
+            tissue=tissue,
+            tissue_mpp=tissue_mpp,
+            run_mpp=run_mpp,
+            class_names=class_names,
+            class_colours=class_colours,
+            attrs=attrs,
+        )
+        os.rename(path, final)  # fails if ``final`` exists: nothing is replaced
+    finally:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+    return zarr.open_group(str(final), mode="r+")
+
+
+def _create_arrays(
+    path: Path,
+    *,
+    grid_shape: tuple[int, int],
+    chunk: int,
+    map_chunk: int,
+    tissue: NDArray[np.bool_],
+    tissue_mpp: float,
+    run_mpp: float,
+    class_names: tuple[str, ...],
+    class_colours: tuple[tuple[int, int, int], ...],
+    attrs: dict[str, Any],
+) -> None:
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
     root.attrs[ATTR] = {**attrs, "status": "running"}
     labels = root.create_group("labels")
@@ -157,7 +290,6 @@ def create_store(
         fill_value=0,
         compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
     )
-    return root
 
 
 def append_table(root: zarr.Group, rows: dict[str, NDArray[Any]]) -> None:
@@ -217,19 +349,21 @@ def build_pyramid(group: zarr.Group, name: str, mpp: float, min_size: int) -> in
 
 
 def open_result(path: str | Path, *, require_complete: bool = True) -> zarr.Group:
-    """Open a result store read-only; by default refuse one that is not complete."""
+    """Open a result store read-only; by default refuse one that is not complete and verified.
+
+    ``require_complete=False`` only checks that it is a wsi-infer store (its
+    attribute has the fields every store has); see :mod:`wsi_infer.verify`.
+    """
+    from wsi_infer.verify import check_complete, check_info
+
     path = Path(path)
     try:
         root = zarr.open_group(str(path), mode="r")
     except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
         raise IncompleteStoreError(f"{path}: not a zarr group ({exc})") from exc
-    info = root.attrs.get(ATTR)
-    if not isinstance(info, dict):
-        raise IncompleteStoreError(f"{path}: not a wsi-infer result (no '{ATTR}' attribute)")
-    if require_complete and info.get("status") != "complete":
-        raise IncompleteStoreError(
-            f"{path}: run status is {info.get('status')!r}, not 'complete'; rerun with --overwrite"
-        )
+    if require_complete:
+        return check_complete(path, root)
+    check_info(path, root.attrs.get(ATTR))
     return root
 
 

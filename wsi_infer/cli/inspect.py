@@ -24,18 +24,22 @@ def store_summary(path: Path) -> dict[str, Any]:
     """A JSON-able summary of the store at ``path`` (statistics only when it is complete)."""
     from wsi_infer.stats import slide_statistics
     from wsi_infer.store import ATTR, open_result
+    from wsi_infer.verify import verify_store
 
     root = open_result(path, require_complete=False)
     info: Any = root.attrs[ATTR]
     status = info.get("status")
+    problems = verify_store(path, root, info) if status == "complete" else []
     stats = info.get("statistics")
-    if stats is None and status == "complete":
+    if stats is None and status == "complete" and not problems:
         stats = slide_statistics(root)
     model = info.get("model", {})
     labels: Any = root.get("labels/nuclei")
     return {
         "store": str(path),
         "status": status,
+        "verified": None if status != "complete" else not problems,
+        "problems": problems,
         "error": info.get("error"),
         "software": info.get("software"),
         "slide": info.get("slide"),
@@ -74,7 +78,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  {key:<10} {value}")
 
     status = str(s["status"])
-    if s.get("error"):
+    if s.get("problems"):
+        status += f", but fails verification: {'; '.join(s['problems'])}"
+    elif s.get("error"):
         status += f" ({s['error']})"
     elif s.get("finished"):
         status += f" (finished {s['finished']}, {_num(s.get('seconds'), '.1f')} s)"

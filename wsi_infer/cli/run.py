@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from wsi_infer.cli.common import (
     tqdm_progress,
     verbose_option,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Exit status of a batch in which some slides failed (1 is a fatal error, 2 a usage error).
 EXIT_SOME_FAILED = 3
@@ -207,11 +210,20 @@ def run(
 
     progress = tqdm_progress(quiet)
     try:
-        if single:  # a bad slide is reported before any model is loaded (or exported)
+        # a bad slide or output is reported before any model is loaded (or exported)
+        if single:
             from wsi_infer.reader import open_slide, resolve_mpp
 
             with open_slide(slides[0]) as opened:
                 resolve_mpp(opened, mpp)
+        else:
+            from wsi_infer.batch import prepare_batch_folder
+
+            prepare_batch_folder(out)
+        if scheduler is not None:
+            from wsi_infer.cluster import check_address
+
+            check_address(scheduler)
         with (
             EventLog(log_json) as log,
             dask_client(
@@ -236,6 +248,12 @@ def run(
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"{out}: interrupted; run the same command again to resume", 130)
+    except Exception as exc:  # a bug: one line here, the traceback with --verbose
+        logger.exception("internal error")
+        fail(
+            f"{out}: internal error: {type(exc).__name__}: {exc}; please report it "
+            "(--verbose shows the traceback)"
+        )
 
 
 @dataclass
