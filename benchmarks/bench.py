@@ -7,18 +7,25 @@ the same backend, tile selection and slide, measures each stage on its own:
 
 * **read**: read + decode of the engine's tiles through :class:`GridReader` (one thread);
 * **tissue**: tissue detection seconds (the run's ``tissue_s``);
-* **model**: the backend alone on pre-read, normalised batches of real tissue tiles
-  (same batch size, tile size and device), looped;
-* **model in run**: the same backend's calls timed inside the run (a transparent
-  wrapper): its speed there and the share of the run it was busy;
-* **normalise** and **maps**: the per-tile work around the model in the predict stage;
-* **post-processing**: grid Mpx per second of the run's ``segment_s`` (segment + stitch);
+* **model**: the backend alone on pre-read batches of real tissue tiles (uint8 in,
+  compact maps out, as the engine calls it; same batch size, tile size and device),
+  looped;
+* **model in run**: the model's busy time inside the run, as the predict tasks
+  measure it around each backend call: its speed there and the share of the run
+  it was busy;
+* **post-processing**: grid Mpx per second of the run's ``segment_s`` (segment +
+  stitch, wall) and per CPU-second of the threads that segmented;
 * **store write**: MB/s writing the run's label arrays band by band into a zarr store
   with the same chunks and codecs.
 
-End to end: tiles/s, Mpx/s, seconds per mm² of tissue, peak RSS, CPU utilisation
-(overall and per engine stage, from a sampling thread), and the engine's efficiency:
-end-to-end tiles/s over model-only tiles/s.  Over the sizes: a linear fit of run
+The stages of a run overlap (reading beside the model, segmentation of the top
+bands while the model predicts lower rows), so they are never timed as if they
+ran one after another: each stage's busy time (wall and thread CPU) is measured
+by the threads doing it (:func:`stage_accounting`), and the stage that bounds the
+run is the one whose busy time fills most of the run given its threads.
+
+End to end: tiles/s, Mpx/s, seconds per mm² of tissue, peak RSS, CPU utilisation,
+and the engine's efficiency: end-to-end tiles/s over model-only tiles/s.  Over the sizes: a linear fit of run
 time against tissue area (slope, intercept, R²) per worker count.
 
 Results go to ``--out-dir`` (``benchmarks/results/``) as ``bench-<UTC time>.json``
@@ -50,7 +57,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from benchmarks.make_slide import (
     DEFAULT_NUCLEI_DIR,
@@ -62,9 +68,9 @@ from benchmarks.make_slide import (
 )
 
 if TYPE_CHECKING:
-    from wsi_infer.backends import Backend
+    pass
 
-__all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child"]
+__all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child", "stage_accounting"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +98,10 @@ PACKAGES = (
     "pillow",
     "onnxruntime",
 )
-#: Engine stages in run order, as keys of ``RunSummary.timings``.
-ENGINE_STAGES = ("tissue_s", "predict_s", "segment_s", "write_s")
+#: Stages a run is made of, for :func:`stage_accounting`.
+STAGES = ("tissue", "read", "model", "maps_write", "segment", "stitch", "write")
+#: A run whose model is busy this share of the time is bound by the model.
+MODEL_BOUND = 0.9
 
 
 @dataclass(frozen=True)
@@ -225,31 +233,45 @@ class _CpuSampler:
 # --------------------------------------------------------------------------- the child
 
 
-class _TimedBackend:
-    """The run's backend, timing each call: how busy the engine keeps its model.
+def stage_accounting(timings: dict[str, float], seconds: float, workers: int) -> dict[str, Any]:
+    """Per-stage busy time of one run, from what its threads measured, and what bounds it.
 
-    The engine calls the backend one batch at a time (under its lock), so the summed
-    call time is the model's busy time within the run.
+    ``timings``: the run's ``RunSummary.timings``.  Busy seconds per stage (``busy_s``: wall
+    time the stage's threads spent on it, summed over threads) and its CPU seconds where
+    the threads measured them; ``share``: busy time over the run's wall time (stages
+    overlap, so shares add up to more than 1); ``load``: share over the threads the stage
+    has (the model one, reading and segmentation ``workers``, the others one), the
+    fraction of its capacity the stage used.  The run is bound by the model when the
+    model was busy at least :data:`MODEL_BOUND` of it, else by the stage of highest load.
     """
-
-    def __init__(self, inner: Backend) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.device = inner.device
-        self.config = inner.config
-        self.model_sha256 = inner.model_sha256
-        self.model_source = inner.model_source
-        self.seconds = 0.0
-        self.calls = 0
-        self.tiles = 0
-
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        t0 = time.perf_counter()
-        out = self._inner(batch)
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
-        self.tiles += len(batch)
-        return out
+    t = timings.get
+    busy = {
+        "tissue": t("tissue_s", 0.0),
+        "read": t("predict_read_s", 0.0),
+        "model": t("predict_model_s", 0.0),
+        "maps_write": t("predict_write_s", 0.0),
+        "segment": t("segment_busy_s", 0.0),
+        "stitch": t("stitch_paint_s", 0.0),
+        "write": t("write_s", 0.0),
+    }
+    cpu = {
+        "read": t("predict_read_cpu_s", math.nan),
+        "maps_write": t("predict_write_cpu_s", math.nan),
+        "segment": t("segment_cpu_s", math.nan),
+    }
+    threads = {"read": workers, "segment": workers}
+    share = {k: v / seconds if seconds > 0 else math.nan for k, v in busy.items()}
+    load = {k: share[k] / threads.get(k, 1) for k in busy}
+    bound = "model" if share["model"] >= MODEL_BOUND else max(load, key=lambda k: load[k])
+    return {
+        "busy_s": busy,
+        "cpu_s": cpu,
+        "share": share,
+        "load": load,
+        "model_busy_share": share["model"],
+        "model_wait_s": t("predict_wait_s", 0.0),
+        "bound": bound,
+    }
 
 
 def _model_checkpoint(model: str, cache: Path) -> str:
@@ -285,8 +307,6 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
 
     from wsi_infer.backends import create_backend
     from wsi_infer.engine import RunParams, run_slide
-    from wsi_infer.postprocess import logits_to_maps
-    from wsi_infer.predict import normalise
     from wsi_infer.reader import GridReader, open_slide
     from wsi_infer.tiling import TileGrid
 
@@ -309,8 +329,7 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     with _CpuSampler() as sampler:
         t0 = time.perf_counter()
-        timed = _TimedBackend(backend)
-        summary = run_slide(cfg.slide, cfg.store, timed, params, overwrite=True)
+        summary = run_slide(cfg.slide, cfg.store, backend, params, overwrite=True)
         t1 = time.perf_counter()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     peak_rss = ru1.ru_maxrss * 1024 if sys.platform != "darwin" else ru1.ru_maxrss
@@ -318,14 +337,7 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     cores = os.cpu_count() or 1
     timings = dict(summary.timings)
-    # Stage windows, back from the run's end (stages run back to back).
-    ends: dict[str, tuple[float, float]] = {}
-    end = t1
-    for key in reversed(ENGINE_STAGES[1:]):
-        ends[key] = (end - timings.get(key, 0.0), end)
-        end -= timings.get(key, 0.0)
-    ends["tissue_s"] = (t0, t0 + timings.get("tissue_s", 0.0))
-    stage_cpu = {k.removesuffix("_s"): sampler.utilisation(*ends[k]) for k in ENGINE_STAGES}
+    accounting = stage_accounting(timings, summary.seconds, cfg.workers)
 
     # ---- the run's geometry and tiles, from its store
     root = zarr.open_group(cfg.store, mode="r")
@@ -353,7 +365,7 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
 
         n_read, read_s = _time_loop(read_one, budget, 1, len(origins)) if origins else (0, 0.0)
 
-        # ---- model only: pre-read, normalised batches of tissue tiles, looped
+        # ---- model only: pre-read batches of tissue tiles, looped
         bs = params.batch_size
         n_pre = min(len(origins), max(bs, 8 * bs))
         imgs = [reader.read(x, y, t, t) for y, x in origins[:n_pre]]
@@ -366,17 +378,13 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
         )
     while len(imgs) < bs:
         imgs = imgs + imgs
-    raw = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
-    mean, std = backend.config.mean, backend.config.std
-    batches = [normalise(b, mean, std) for b in raw]
-    logits = backend(batches[0])  # warm-up
+    batches = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
+    maps = backend(batches[0])  # warm-up
+    c_model = time.process_time()
     n_model, model_s = _time_loop(
         lambda k: backend(batches[k % len(batches)]), budget, 3, 1_000_000
     )
-    n_norm, norm_s = _time_loop(
-        lambda k: normalise(raw[k % len(raw)], mean, std), budget / 4, 3, 1_000_000
-    )
-    n_maps, maps_s = _time_loop(lambda k: logits_to_maps(logits), budget / 4, 3, 1_000_000)
+    model_cpu = time.process_time() - c_model
 
     # ---- store write: the run's labels, band by band, into a store like the run's
     write = _measure_store_write(root, params.label_chunk, budget)
@@ -403,30 +411,28 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
             "seconds": model_s,
             "load_seconds": load_s,
             "torch_threads": torch_threads,
+            "cpu_cores_busy": _rate(model_cpu, model_s),
+            "output_bytes_per_tile": int(maps[0].nbytes),
+            "logits_bytes_per_tile": 4 * backend.config.out_channels * t * t,
         },
         "model_in_run": {
-            "tiles_per_s": _rate(timed.tiles, timed.seconds),
-            "seconds": timed.seconds,
-            "batches": timed.calls,
-            "busy_in_predict": _rate(timed.seconds, timings.get("predict_s", 0.0)),
-            "busy_in_run": _rate(timed.seconds, summary.seconds),
+            "tiles_per_s": _rate(tiles_n, timings.get("predict_model_s", 0.0)),
+            "seconds": timings.get("predict_model_s", math.nan),
+            "busy_in_predict": _rate(
+                timings.get("predict_model_s", 0.0), timings.get("predict_s", 0.0)
+            ),
+            "busy_in_run": accounting["model_busy_share"],
         },
-        "normalise": {"tiles_per_s": _rate(n_norm * bs, norm_s), "seconds": norm_s},
-        "maps": {"tiles_per_s": _rate(n_maps * len(logits), maps_s), "seconds": maps_s},
         "postprocess": {
             "mpx_per_s": _rate(grid_mpx, timings.get("segment_s", 0.0)),
+            "mpx_per_cpu_s": _rate(grid_mpx, timings.get("segment_cpu_s", 0.0)),
             "seconds": timings.get("segment_s", math.nan),
+            "cpu_seconds": timings.get("segment_cpu_s", math.nan),
         },
         "write": write,
     }
-    # Per tile, the CPU work each stage costs (seconds): what bounds the predict stage.
-    per_tile = {
-        "read": 1 / stages["read"]["tiles_per_s"],
-        "normalise": 1 / stages["normalise"]["tiles_per_s"],
-        "model": 1 / model_tps,
-        "maps": 1 / stages["maps"]["tiles_per_s"],
-    }
-    share = {k.removesuffix("_s"): timings.get(k, 0.0) / summary.seconds for k in ENGINE_STAGES}
+    # Per tile, the busy time each stage costs in the run (seconds).
+    per_tile = {k: v / tiles_n for k, v in accounting["busy_s"].items() if tiles_n}
     return {
         "size": cfg.size,
         "workers": cfg.workers,
@@ -449,13 +455,18 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
             "cpu_seconds": cpu,
             "cpu_cores_busy": cpu / wall if wall > 0 else math.nan,
             "cpu_util": cpu / wall / cores if wall > 0 else math.nan,
-            "cpu_cores_busy_by_stage": stage_cpu,
+            "cpu_util_sampled": sampler.utilisation(t0, t1) / cores,
         },
         "efficiency": e2e_tps / model_tps,
+        # CPU seconds per tile of the model alone over those of the whole run: what the
+        # wall-time efficiency tends to where the model fills every core, and a figure that
+        # stays meaningful on a machine shared with other work
+        "cpu_efficiency": _rate(model_cpu / (n_model * bs), cpu / tiles_n) if tiles_n else math.nan,
         "predict_efficiency": predict_tps / model_tps,
         "per_tile_s": per_tile,
-        "time_share": share,
-        "bottleneck": max(share, key=lambda k: share[k]),
+        "stages_busy": accounting,
+        "time_share": accounting["share"],
+        "bottleneck": accounting["bound"],
     }
 
 
@@ -728,7 +739,8 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines.append(
         "t/s: tiles per second; eff: end-to-end tiles/s over model-only tiles/s; busy: share "
-        "of the run the model was computing; bound: the engine stage taking most of the run"
+        "of the run the model was computing; bound: the model when busy >= 0.9, else the stage "
+        "whose threads were busiest (busy time measured by the threads themselves)"
     )
     return "\n".join(lines)
 
@@ -761,15 +773,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     a.legend()
 
     a = ax[0, 1]
-    bottom = np.zeros(len(runs))
-    for key in ENGINE_STAGES:
-        secs = np.array([r["timings"].get(key, 0.0) for r in runs])
-        a.bar(x, secs, 0.6, bottom=bottom, label=key.removesuffix("_s"))
-        bottom += secs
+    width = 0.8 / len(STAGES)
+    for k, key in enumerate(STAGES):
+        secs = np.array([r["stages_busy"]["busy_s"][key] for r in runs])
+        a.bar(x + (k - len(STAGES) / 2) * width, secs, width, label=key)
+    a.plot(x, [r["end_to_end"]["seconds"] for r in runs], "k_", markersize=30, label="run")
     a.set_xticks(x, labels)
-    a.set_ylabel("seconds")
-    a.set_title("engine time per stage")
-    a.legend()
+    a.set_ylabel("busy seconds (summed over threads)")
+    a.set_title("busy time per stage (stages overlap; black: the run's wall time)")
+    a.legend(fontsize=7)
 
     a = ax[1, 0]
     for key, fit in result["scaling"].items():
@@ -823,16 +835,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def save(result: dict[str, Any], out_dir: Path, name: str | None = None) -> dict[str, Path]:
-    """Write ``<name>.json``, ``.txt`` and ``.png`` into ``out_dir``; returns their paths."""
+def save(
+    result: dict[str, Any], out_dir: Path, name: str | None = None, *, plots: bool = True
+) -> dict[str, Path]:
+    """Write ``<name>.json``, ``.txt`` and (``plots``) ``.png`` into ``out_dir``; returns
+    their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if name is None:
         stamp = datetime.fromisoformat(result["date"]).strftime("%Y%m%dT%H%M%SZ")
         name = f"bench-{stamp}" + ("-quick" if result["settings"]["quick"] else "")
-    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("json", "txt", "png")}
+    exts = ("json", "txt", "png") if plots else ("json", "txt")
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in exts}
     paths["json"].write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
     paths["txt"].write_text(format_table(result) + "\n")
-    plot(result, paths["png"])
+    if plots:
+        plot(result, paths["png"])
     return paths
 
 
@@ -874,6 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="benchmark these real slides instead of synthetic ones",
     )
+    p.add_argument("--no-plot", action="store_true", help="no .png (needs no matplotlib)")
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     return p
 
@@ -912,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WsiInferError, RuntimeError, ValueError, OSError) as exc:
         print(f"wsi-infer-bench: error: {exc}", file=sys.stderr)
         return 1
-    paths = save(result, args.out_dir, args.name)
+    paths = save(result, args.out_dir, args.name, plots=not args.no_plot)
     print(format_table(result))
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0

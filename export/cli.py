@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the checker and parity check")
     p.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
     p.add_argument(
+        "--tile-sizes",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="TensorRT profile: the square tile edges the engine must take (the runs' "
+        "--tile-size; default: the model's); optimised for the first, covering min..max",
+    )
+    p.add_argument(
+        "--min-batch", type=int, default=1, help="TensorRT profile min batch (default 1)"
+    )
+    p.add_argument(
         "--max-batch", type=int, default=32, help="TensorRT profile max batch (default 32)"
     )
     p.add_argument(
@@ -91,6 +102,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wsi_infer.model import load_model
 
         loaded = load_model(args.model)
+        profile: dict[str, Any] = {}
+        if args.tensorrt is not None:
+            from export.tensorrt_build import profile_for
+
+            sizes = args.tile_sizes or [loaded.config.tile_size]
+            bad = [t for t in sizes if t % loaded.config.input_multiple]
+            if bad:
+                raise ValueError(
+                    f"--tile-sizes {bad} are not multiples of the model's input multiple "
+                    f"{loaded.config.input_multiple}"
+                )
+            lo, opt, hi, t0, t1, t2 = profile_for(
+                loaded.config.tile_size,
+                min_batch=args.min_batch,
+                opt_batch=min(max(args.opt_batch, args.min_batch), args.max_batch),
+                max_batch=args.max_batch,
+                tile_size=sizes[0],
+                min_tile=min(sizes),
+                max_tile=max(sizes),
+            )
+            profile = {
+                "min_batch": lo,
+                "opt_batch": opt,
+                "max_batch": hi,
+                "tile_size": t1,
+                "min_tile": t0,
+                "max_tile": t2,
+            }
         tiles: Any = None
         if args.slide is not None:
             tiles = read_slide_tiles(args.slide, loaded.config.tile_size, args.tiles)
@@ -109,12 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from export.tensorrt_build import build_tensorrt_engine
 
             engine = build_tensorrt_engine(
-                args.onnx,
-                args.tensorrt,
-                fp16=True,
-                opt_batch=min(args.opt_batch, args.max_batch),
-                max_batch=args.max_batch,
-                timing_cache=args.timing_cache,
+                args.onnx, args.tensorrt, fp16=True, timing_cache=args.timing_cache, **profile
             )
             sys.stdout.write(f"engine       {engine}\n")
     except (WsiInferError, ValueError, OSError) as exc:

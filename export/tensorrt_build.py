@@ -31,6 +31,8 @@ __all__ = [
     "build_tensorrt_engine",
     "gpu_name",
     "import_tensorrt",
+    "profile_for",
+    "profile_shapes",
     "read_engine_info",
 ]
 
@@ -122,6 +124,47 @@ def read_engine_info(engine_path: str | Path) -> EngineInfo:
         ) from exc
 
 
+def profile_shapes(
+    profile: tuple[int, int, int, int, int, int],
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The (min, opt, max) input shapes of a profile ``(min_batch, opt_batch, max_batch,
+    min_tile, opt_tile, max_tile)``: uint8 RGB tiles ``(B, H, W, 3)``, as the graph takes them."""
+    b0, b1, b2, t0, t1, t2 = profile
+    return (b0, t0, t0, 3), (b1, t1, t1, 3), (b2, t2, t2, 3)
+
+
+def profile_for(
+    config_tile: int,
+    *,
+    min_batch: int = 1,
+    opt_batch: int = 8,
+    max_batch: int = 32,
+    tile_size: int | None = None,
+    min_tile: int | None = None,
+    max_tile: int | None = None,
+) -> tuple[int, int, int, int, int, int]:
+    """The validated profile ``(min_batch, opt_batch, max_batch, min_tile, opt_tile, max_tile)``.
+
+    Tile edges default to ``tile_size`` (itself the model config's ``config_tile`` when
+    ``None``); ``tile_size`` is widened into ``min_tile..max_tile`` when given apart.
+    """
+    opt_tile = tile_size or config_tile
+    lo_tile = min_tile or opt_tile
+    hi_tile = max_tile or opt_tile
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ValueError(
+            f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch, opt_batch, max_batch}"
+        )
+    if not 32 <= lo_tile <= opt_tile <= hi_tile or any(
+        t % 32 for t in (lo_tile, opt_tile, hi_tile)
+    ):
+        raise ValueError(
+            "tiles must be multiples of 32 with min <= opt <= max, "
+            f"got {lo_tile, opt_tile, hi_tile}"
+        )
+    return min_batch, opt_batch, max_batch, lo_tile, opt_tile, hi_tile
+
+
 def _profile_key(*values: object) -> str:
     return hashlib.sha256(repr(values).encode()).hexdigest()[:8]
 
@@ -153,28 +196,23 @@ def build_tensorrt_engine(
     ``timing_cache``: a file that speeds up later builds (default: beside the
     cached engines).
     """
-    trt = import_tensorrt()
     onnx_file = Path(onnx_path)
     contract = read_onnx_contract(onnx_file)
-    opt_tile = tile_size or contract.config.tile_size
-    lo_tile = min_tile or opt_tile
-    hi_tile = max_tile or opt_tile
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ValueError(
-            f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch, opt_batch, max_batch}"
-        )
-    if not 32 <= lo_tile <= opt_tile <= hi_tile or any(
-        t % 32 for t in (lo_tile, opt_tile, hi_tile)
-    ):
-        raise ValueError(
-            "tiles must be multiples of 32 with min <= opt <= max, "
-            f"got {lo_tile, opt_tile, hi_tile}"
-        )
+    profile = profile_for(
+        contract.config.tile_size,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        tile_size=tile_size,
+        min_tile=min_tile,
+        max_tile=max_tile,
+    )
+    min_batch, opt_batch, max_batch, lo_tile, opt_tile, hi_tile = profile
+    trt = import_tensorrt()
     onnx_sha = sha256_file(onnx_file)
     gpu = gpu_name(device_index)
     precision = "fp16" if fp16 or contract.precision == "fp16" else "fp32"
     trt_version = str(trt.__version__)
-    profile = (min_batch, opt_batch, max_batch, lo_tile, opt_tile, hi_tile)
 
     cache_root = resolve_cache_dir(cache_dir, "tensorrt")
     if engine_path is None:
@@ -226,12 +264,7 @@ def build_tensorrt_engine(
     config.set_timing_cache(cache, ignore_mismatch=True)
 
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(
-        INPUT_NAME,
-        (min_batch, 3, lo_tile, lo_tile),
-        (opt_batch, 3, opt_tile, opt_tile),
-        (max_batch, 3, hi_tile, hi_tile),
-    )
+    opt_profile.set_shape(INPUT_NAME, *profile_shapes(profile))
     config.add_optimization_profile(opt_profile)
 
     logger.info(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from wsi_infer.config import ModelConfig
+from wsi_infer.tilemaps import maps_from_logits
 
 
 def _gaussian(sigma: float) -> torch.Tensor:
@@ -36,12 +37,10 @@ class DarkNucleiBackend:
         self.config = ModelConfig(mpp=mpp)
         self._fine, self._wide = _gaussian(1.0), _gaussian(2.5)
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        """Tiles ``uint8 (B, H, W, 3)`` -> compact maps ``uint8 (B, H, W, 4)``, as every backend."""
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch))
-            mean = torch.tensor(self.config.mean).view(1, 3, 1, 1)
-            std = torch.tensor(self.config.std).view(1, 3, 1, 1)
-            rgb = x * std + mean
+            rgb = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255
             dark = 1.0 - rgb.mean(dim=1, keepdim=True)  # 0 white .. 1 black
             fine = F.conv2d(dark, self._fine, padding=self._fine.shape[-1] // 2)
             wide = F.conv2d(dark, self._wide, padding=self._wide.shape[-1] // 2)
@@ -49,6 +48,6 @@ class DarkNucleiBackend:
             dist = 40.0 * (wide - 0.6)
             red = rgb[:, :1] - rgb[:, 2:3]  # eosin-ish vs haematoxylin-ish
             types = torch.cat([-fg, 10 * red, -10 * red, 0 * red, 0 * red - 5, 0 * red - 5], 1)
-            out = torch.cat([fg, dist, types], dim=1)
-        result: NDArray[np.float32] = out.numpy()
+            out = maps_from_logits(torch.cat([fg, dist, types], dim=1))
+        result: NDArray[np.uint8] = out.numpy()
         return result

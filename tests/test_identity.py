@@ -79,18 +79,14 @@ def bundled_metadata(precision: str) -> dict[str, str]:
 
 
 def save(nodes: list[Any], inits: list[Any], path: Path, precision: str, channels: int) -> Path:
+    """A format-2 graph: ``tiles`` uint8 (B, H, W, 3) in, ``maps`` uint8 (B, H, W, channels)."""
     from onnx import TensorProto, helper
 
-    dims = ["batch", 3, "height", "width"]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
-        [
-            helper.make_tensor_value_info(
-                "logits", TensorProto.FLOAT, ["batch", channels, "height", "width"]
-            )
-        ],
+        [helper.make_tensor_value_info("tiles", TensorProto.UINT8, ["batch", "h", "w", 3])],
+        [helper.make_tensor_value_info("maps", TensorProto.UINT8, ["batch", "h", "w", channels])],
         initializer=inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -106,20 +102,57 @@ def save(nodes: list[Any], inits: list[Any], path: Path, precision: str, channel
 
 
 def dark_nuclei_onnx(path: Path, precision: str = "fp32") -> Path:
-    """A real 8-channel model: dark (haematoxylin) pixels are nuclei, their darkest cores markers."""
-    from onnx import numpy_helper
+    """A real 8-logit model ending in the engine's maps: dark (haematoxylin) pixels are
+    nuclei, their darkest cores markers (a 1x1 convolution on the normalised tiles, then
+    sigmoid, softmax over the nucleus classes and the uint8 maps, as the exporter's graph)."""
+    from onnx import helper, numpy_helper
 
-    w = np.zeros((8, 3, 1, 1), np.float32)
-    w[0:2, :, 0, 0] = -4.0  # foreground and distance grow with darkness
+    config = ModelConfig.from_json(resolve_checkpoint("default") / "config.json")
+    w = np.zeros((3, 8), np.float32)
+    w[:, 0:2] = -4.0  # foreground and distance grow with darkness
     b = np.array([-2.0, -6.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], np.float32)
-    conv = onnx.helper.make_node("Conv", ["input", "w", "b"], ["logits"])
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
-    return save([conv], inits, path, precision, 8)
+    consts = {
+        "w": w,
+        "b": b,
+        "k255": np.array(255.0, np.float32),
+        "one": np.array(1.0, np.float32),
+        "mean": np.asarray(config.mean, np.float32),
+        "std": np.asarray(config.std, np.float32),
+        "s0": np.array([0], np.int64),
+        "s2": np.array([2], np.int64),
+        "s3": np.array([3], np.int64),
+        "s8": np.array([8], np.int64),
+        "ax": np.array([-1], np.int64),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Cast", ["tiles"], ["x"], to=onnx.TensorProto.FLOAT),
+        node("Div", ["x", "k255"], ["x1"]),
+        node("Sub", ["x1", "mean"], ["x2"]),
+        node("Div", ["x2", "std"], ["x3"]),
+        node("MatMul", ["x3", "w"], ["xw"]),
+        node("Add", ["xw", "b"], ["logits"]),  # (B, H, W, 8)
+        node("Slice", ["logits", "s0", "s2", "ax"], ["fd"]),
+        node("Sigmoid", ["fd"], ["fd_p"]),
+        node("Mul", ["fd_p", "k255"], ["fd_255"]),
+        node("Slice", ["logits", "s3", "s8", "ax"], ["types"]),
+        node("Softmax", ["types"], ["tp"], axis=-1),
+        node("ArgMax", ["tp"], ["cls0"], axis=-1, keepdims=1),
+        node("Cast", ["cls0"], ["cls0f"], to=onnx.TensorProto.FLOAT),
+        node("Add", ["cls0f", "one"], ["cls"]),
+        node("ReduceMax", ["tp", "ax"], ["prob"], keepdims=1),
+        node("Mul", ["prob", "k255"], ["prob_255"]),
+        node("Concat", ["fd_255", "cls", "prob_255"], ["cat"], axis=-1),
+        node("Round", ["cat"], ["rounded"]),
+        node("Cast", ["rounded"], ["maps"], to=onnx.TensorProto.UINT8),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    return save(nodes, inits, path, precision, 4)
 
 
 def identity_onnx(path: Path) -> Path:
     """A graph that outputs its input, dressed in the bundled model's metadata."""
-    node = onnx.helper.make_node("Identity", ["input"], ["logits"])
+    node = onnx.helper.make_node("Identity", ["tiles"], ["maps"])
     return save([node], [], path, "fp32", 3)
 
 
@@ -143,7 +176,9 @@ def test_a_file_claiming_to_be_the_bundled_model_is_refused_at_load(
 ) -> None:
     out = tmp_path / "r.zarr"
     code, _, err = invoke(crop, "--out", out, "--model", models["identity"], *ONNX_RUN)
-    one_line_error(code, err, str(models["identity"]), "outputs (1, 3, 64, 64)", "(1, 8, 64, 64)")
+    one_line_error(
+        code, err, str(models["identity"]), "outputs uint8 (1, 64, 64, 3)", "(1, 64, 64, 4)"
+    )
     assert not out.exists()
 
 
@@ -271,7 +306,7 @@ def test_a_worker_refuses_another_slide_or_store_at_the_same_path(
     with pytest.raises(IdentityMismatchError, match="does not see the client's store"):
         predict_tiles(job(crop, tmp_path / "missing.zarr"), [(0, 0)])
     # the client's slide and store: the tile is predicted and written
-    assert predict_tiles(job(crop, store), [(0, 0)]) == [(0, 0)]
+    assert predict_tiles(job(crop, store), [(0, 0)]).tiles == [(0, 0)]
     assert (store / "_scratch" / "maps" / "c" / "0" / "0" / "0").is_file()
 
 

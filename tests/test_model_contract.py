@@ -21,6 +21,7 @@ from wsi_infer.model import (
 )
 from wsi_infer.params import RunParams
 from wsi_infer.postprocess import instance_types, logits_to_maps, segment
+from wsi_infer.tilemaps import maps_from_logits
 
 #: Encoder parameters of MiT-B0 ... B5 in millions (SegFormer paper, table 6).
 PAPER_ENCODER_PARAMS = {"b0": 3.4, "b1": 13.1, "b2": 24.2, "b3": 44.0, "b4": 60.8, "b5": 81.4}
@@ -135,6 +136,8 @@ def test_every_nucleus_gets_a_class() -> None:
     logits[:, 2] = 50.0  # the type head's background logit is the largest everywhere
     maps = logits_to_maps(logits)[0]
     assert maps[..., 2].min() >= 1 and maps[..., 3].min() >= 255 // 5
+    # the maps made in the model's graph (every backend) follow the same rule
+    np.testing.assert_array_equal(maps_from_logits(torch.from_numpy(logits))[0].numpy(), maps)
     labels = segment(maps)
     types, probs = instance_types(labels, maps)
     assert labels.max() == 2 and types.min() >= 1 and (probs > 0).all()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from wsi_infer.params import RunParams
-from wsi_infer.postprocess import renumber_raster, segment
+from wsi_infer.postprocess import PostprocessParams, renumber_raster, segment
 from wsi_infer.stitch import stitch
 
 
@@ -51,7 +53,7 @@ def maps_from_labels(labels: NDArray[np.int32]) -> NDArray[np.uint8]:
     return maps
 
 
-def run_stitch(maps: NDArray[np.uint8], **kw: int) -> tuple[NDArray[np.uint32], int, list[dict]]:
+def run_stitch(maps: NDArray[np.uint8], **kw: Any) -> tuple[NDArray[np.uint32], int, list[dict]]:
     params = RunParams(**{"label_chunk": 64, "window_cols": 128, "margin": 64, **kw})
     out = np.zeros(maps.shape[:2], np.uint32)
     types = np.zeros(maps.shape[:2], np.uint8)
@@ -85,13 +87,23 @@ def test_round_trip_separated_nuclei(seed: int) -> None:
     assert len(crossing) >= 5
 
 
-def test_stitched_equals_whole_image_segmentation_for_touching_nuclei() -> None:
+@pytest.mark.parametrize("min_marker_area", [0, 110])
+def test_stitched_equals_whole_image_segmentation_for_touching_nuclei(
+    min_marker_area: int,
+) -> None:
     truth = random_nuclei((320, 448), 220, 7, touching=True)
     maps = maps_from_labels(truth)
-    whole = segment(maps)
-    out, n, _ = run_stitch(maps)
+    # lower cores: touching nuclei share pieces of foreground with several cores, some small
+    maps[..., 1] = np.where(maps[..., 1] > 60, np.minimum(maps[..., 1].astype(int) + 40, 255), 0)
+    post = PostprocessParams(marker_threshold=0.5, min_marker_area=min_marker_area)
+    whole = segment(maps, post)
+    if min_marker_area:  # some cores are too small to seed a nucleus of their own
+        assert whole.max() < segment(maps).max()
+    out, n, _ = run_stitch(maps, post=post)
     assert n == whole.max()
     assert_same_partition(out, whole)
+    again, _, _ = run_stitch(maps, post=post, label_chunk=128, window_cols=128)
+    assert_same_partition(again, out)
 
 
 def test_table_rows_agree_with_labels() -> None:

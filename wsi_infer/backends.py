@@ -1,7 +1,9 @@
 """Inference backends: a registry of factories, each turning a model source into a runner.
 
-A backend takes normalised float32 batches ``(B, 3, H, W)`` and returns logits
-``(B, C, H, W)`` as a NumPy array.  Optional backends import their packages
+A backend takes batches of RGB tiles as the slide reader gives them, ``uint8
+(B, H, W, 3)``, and returns the compact maps the engine needs, ``uint8 (B, H, W,
+4)`` (see :mod:`wsi_infer.tilemaps`): normalisation, sigmoid and softmax run in
+the model's graph, on its device.  Optional backends import their packages
 lazily and raise :class:`BackendUnavailableError` with an install hint.
 
 Add one with :func:`register_backend`; list them with :func:`list_backends`;
@@ -50,7 +52,7 @@ class Backend(Protocol):
     model_sha256: str
     model_source: str
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]: ...
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,14 @@ def create_backend(
     ``name="auto"`` takes :func:`default_backend` for ``device``.
 
     ``options`` go to the backend's factory as keywords (e.g. ``cache_dir`` for
-    ``onnxruntime`` and ``tensorrt``).
+    ``onnxruntime`` and ``tensorrt``, ``precision``, TensorRT's ``tile_size``,
+    ``min_tile``, ``max_tile``, ``min_batch``, ``opt_batch``, ``max_batch``).
+    The backend's ``recipe`` is the complete
+    :class:`~wsi_infer.recipe.BackendRecipe` of this call, which dask workers
+    build their own copy from.
     """
+    from wsi_infer.recipe import BackendRecipe
+
     if name == "auto":
         name = default_backend(device)
     try:
@@ -102,20 +110,29 @@ def create_backend(
         raise BackendUnavailableError(
             f"unknown backend {name!r}; choose one of {list_backends()}"
         ) from None
-    return info.factory(model, device=device, threads=threads, **options)
+    recipe = BackendRecipe.of_call(name, model, device, threads, options)
+    backend = info.factory(model, device=device, threads=threads, **options)
+    backend.recipe = recipe  # type: ignore[attr-defined]
+    return backend
 
 
 class TorchBackend:
-    """PyTorch eager inference, float32 (float16 autocast on CUDA)."""
+    """PyTorch eager inference, float32 (float16 autocast on CUDA), tiles to maps in one module."""
 
     name = "torch"
 
     def __init__(
-        self, model: str | Path, *, device: str = "cpu", threads: int | None = None
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str | None = None,
     ) -> None:
         import torch
 
         from wsi_infer.model import load_model
+        from wsi_infer.tilemaps import TileMaps
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailableError(
@@ -131,20 +148,24 @@ class TorchBackend:
         self.model_sha256 = loaded.sha256
         self.model_source = loaded.source
         self.device = device
-        self.precision = "fp16-autocast" if device.startswith("cuda") else "fp32"
         self._torch = torch
-        self._module = loaded.module.to(device)
+        on_cuda = device.startswith("cuda")
+        if precision not in (None, "fp32", "fp16") or (precision == "fp16" and not on_cuda):
+            raise ValueError(f"torch runs fp32 on the CPU, fp32 or fp16 on CUDA, not {precision!r}")
+        self.precision = precision or ("fp16" if on_cuda else "fp32")
+        self._module = TileMaps(loaded.module, loaded.config).to(device).eval()
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
         torch = self._torch
+        x = _check_tiles(tiles)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            if self.device.startswith("cuda"):
+            t = torch.from_numpy(x).to(self.device, non_blocking=True)
+            if self.precision == "fp16":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    y = self._module(x)
+                    y = self._module(t)
             else:
-                y = self._module(x)
-            out: NDArray[np.float32] = y.float().cpu().numpy()
+                y = self._module(t)
+            out: NDArray[np.uint8] = y.cpu().numpy()
         return out
 
 
@@ -155,8 +176,18 @@ ONNX_HINT = "pip install 'wsi-infer[onnx]' (or 'wsi-infer[gpu]' for CUDA/TensorR
 GPU_HINT = (
     "pip install 'wsi-infer[gpu]' (onnxruntime-gpu, tensorrt) on a machine with an NVIDIA GPU"
 )
-_INPUT = "input"
-_OUTPUT = "logits"
+_INPUT = "tiles"
+_OUTPUT = "maps"
+#: Channels of the compact maps every backend returns.
+MAP_CHANNELS = 4
+
+
+def _check_tiles(tiles: NDArray[Any]) -> NDArray[np.uint8]:
+    """``tiles`` as a contiguous ``uint8 (B, H, W, 3)`` array, or ValueError."""
+    x = np.ascontiguousarray(tiles)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"tiles must be uint8 (B, H, W, 3), got {x.dtype} {x.shape}")
+    return x
 
 
 def _parse_device(device: str) -> tuple[str, int]:
@@ -265,6 +296,10 @@ class OnnxRuntimeBackend:
         if threads is not None and threads > 0:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not want_gpu:
+            # Idle inference threads sleep instead of spinning: between and within batches the
+            # cores go to reading and segmentation, which run beside the model.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -316,23 +351,21 @@ class OnnxRuntimeBackend:
             active,
         )
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"batch must be (B, 3, H, W), got {x.shape}")
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        x = _check_tiles(tiles)
         if not self._on_gpu:
-            out: NDArray[np.float32] = self._session.run([_OUTPUT], {_INPUT: x})[0]
+            out: NDArray[np.uint8] = self._session.run([_OUTPUT], {_INPUT: x})[0]
             return out
         return self._run_bound(x)
 
-    def _run_bound(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _run_bound(self, x: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """Run with inputs/outputs in device buffers that are reused while the shape holds."""
         ort = self._ort
         if self._in is None or tuple(self._in.shape()) != x.shape:
-            b, _, h, w = x.shape
+            b, h, w, _ = x.shape
             self._in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self._index)
             self._out = ort.OrtValue.ortvalue_from_shape_and_type(
-                (b, self.config.out_channels, h, w), np.float32, "cuda", self._index
+                (b, h, w, MAP_CHANNELS), np.uint8, "cuda", self._index
             )
             binding = self._session.io_binding()
             binding.bind_ortvalue_input(_INPUT, self._in)
@@ -341,7 +374,7 @@ class OnnxRuntimeBackend:
         else:
             self._in.update_inplace(x)
         self._session.run_with_iobinding(self._binding)
-        out: NDArray[np.float32] = self._out.numpy()
+        out: NDArray[np.uint8] = self._out.numpy()
         return out
 
 
@@ -351,10 +384,12 @@ class TensorRTBackend:
     ``model``: a ``.engine`` file with its ``.engine.json`` sidecar, an
     ``.onnx`` file, or a checkpoint dir / bundled name; the latter two are
     exported and built once, cached in ``cache_dir`` (default
-    ``~/.cache/wsi-infer``) per (ONNX sha256, GPU, TensorRT version).  Device
-    buffers are reused between batches of the same shape.  The engine's
-    profile takes batches up to ``max_batch`` of square ``tile_size`` tiles
-    (default: the config's tile size).
+    ``~/.cache/wsi-infer``) per (ONNX sha256, GPU, TensorRT version, profile).
+    Device buffers are reused between batches of the same shape.  The engine's
+    profile takes batches of ``min_batch..max_batch`` (optimised for
+    ``opt_batch``) square tiles of ``min_tile..max_tile`` px (optimised for
+    ``tile_size``; all default to the config's tile size): give it the run's
+    (:meth:`wsi_infer.recipe.BackendRecipe.for_run` does).
     """
 
     name = "tensorrt"
@@ -366,9 +401,13 @@ class TensorRTBackend:
         device: str = "cuda",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        min_batch: int = 1,
         opt_batch: int = 8,
         max_batch: int = 32,
         tile_size: int | None = None,
+        min_tile: int | None = None,
+        max_tile: int | None = None,
+        precision: str | None = None,
     ) -> None:
         from export.tensorrt_build import (
             build_tensorrt_engine,
@@ -399,10 +438,13 @@ class TensorRTBackend:
             onnx_path, source = _onnx_for(model, fp16=False, cache_dir=cache_dir)
             engine_path = build_tensorrt_engine(
                 onnx_path,
-                fp16=True,
-                opt_batch=min(opt_batch, max_batch),
+                fp16=precision != "fp32",
+                min_batch=min_batch,
+                opt_batch=min(max(opt_batch, min_batch), max_batch),
                 max_batch=max_batch,
                 tile_size=tile_size,
+                min_tile=min_tile,
+                max_tile=max_tile,
                 cache_dir=cache_dir,
                 device_index=index,
             )
@@ -420,10 +462,10 @@ class TensorRTBackend:
             raise CheckpointError(f"{engine_path}: TensorRT cannot deserialize the engine")
         self.config = ModelConfig.from_dict(info.config)
         out_dims = tuple(engine.get_tensor_shape(_OUTPUT))
-        if len(out_dims) != 4 or out_dims[1] not in (-1, self.config.out_channels):
+        if len(out_dims) != 4 or out_dims[3] not in (-1, MAP_CHANNELS):
             raise CheckpointError(
-                f"{engine_path}: the engine outputs {out_dims}, its config needs "
-                f"{self.config.out_channels} channels; rebuild it with wsi-infer-export"
+                f"{engine_path}: the engine outputs {out_dims}, the engine needs (batch, height, "
+                f"width, {MAP_CHANNELS}) maps; rebuild it with wsi-infer-export"
             )
         self.precision = info.precision
         self.engine_path = engine_path
@@ -440,27 +482,38 @@ class TensorRTBackend:
         self._in: Any = None
         self._out: Any = None
 
-    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def check_shapes(self, tile: int, batch: int) -> None:
+        """ParameterError unless batches of up to ``batch`` square ``tile`` px tiles fit the
+        engine's optimisation profile (the engine asks before the first batch)."""
+        info = self.engine_info
+        if not (info.min_tile <= tile <= info.max_tile and batch <= info.max_batch):
+            from wsi_infer.errors import ParameterError
+
+            raise ParameterError(
+                f"{self.engine_path}: built for tiles of {info.min_tile}..{info.max_tile} px and "
+                f"batches up to {info.max_batch}, the run has {tile} px tiles in batches of "
+                f"{batch}; rebuild it with wsi-infer-export --tensorrt --tile-sizes {tile} "
+                f"--max-batch {max(batch, info.max_batch)}"
+            )
+
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
         torch = self._torch
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        b, c, h, w = x.shape
+        x = _check_tiles(tiles)
+        b, h, w, _ = x.shape
         info = self.engine_info
         if not (
-            info.min_batch <= b <= info.max_batch
-            and c == 3
-            and h == w
-            and info.min_tile <= h <= info.max_tile
+            info.min_batch <= b <= info.max_batch and h == w and info.min_tile <= h <= info.max_tile
         ):
             raise ValueError(
                 f"batch {x.shape} is outside the engine's profile (batch {info.min_batch}.."
                 f"{info.max_batch}, square tiles {info.min_tile}..{info.max_tile}); rebuild the "
-                "engine with wsi-infer-export --tensorrt and matching --max-batch"
+                "engine with wsi-infer-export --tensorrt --tile-sizes and --max-batch to match"
             )
         with torch.inference_mode():
             if self._in is None or tuple(self._in.shape) != x.shape:
-                self._in = torch.empty(x.shape, dtype=torch.float32, device=self._dev)
+                self._in = torch.empty(x.shape, dtype=torch.uint8, device=self._dev)
                 self._out = torch.empty(
-                    (b, self.config.out_channels, h, w), dtype=torch.float32, device=self._dev
+                    (b, h, w, MAP_CHANNELS), dtype=torch.uint8, device=self._dev
                 )
             self._in.copy_(torch.from_numpy(x))
             ctx = self._context
@@ -470,37 +523,46 @@ class TensorRTBackend:
             stream = torch.cuda.current_stream(self._dev)
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f"{self.engine_path}: TensorRT execution failed")
-            out: NDArray[np.float32] = self._out.cpu().numpy()
+            out: NDArray[np.uint8] = self._out.cpu().numpy()
         return out
 
 
 def _check_outputs(onnx_path: Path, session: Any, config: ModelConfig) -> None:
-    """Run a small probe batch: the output must be ``(B, config.out_channels, H, W)``."""
+    """Run a small probe batch: ``uint8 (B, H, W, 3)`` tiles must give ``uint8 (B, H, W, 4)``
+    maps whose class channel names one of the config's nucleus classes."""
     shape = session.get_inputs()[0].shape
+    side = 2 * config.input_multiple
     probe_shape = [
-        d if isinstance(d, int) and d > 0 else (1 if k == 0 else 3 if k == 1 else 64)
+        d if isinstance(d, int) and d > 0 else (1 if k == 0 else 3 if k == 3 else side)
         for k, d in enumerate(shape)
     ]
-    if len(probe_shape) != 4 or probe_shape[1] != 3:
+    if len(probe_shape) != 4 or probe_shape[3] != 3:
         raise CheckpointError(
-            f"{onnx_path}: the model's input is {shape}, not (batch, 3, height, width); "
+            f"{onnx_path}: the model's input is {shape}, not uint8 (batch, height, width, 3); "
             "export it with wsi-infer-export"
         )
-    probe = np.zeros(probe_shape, np.float32)
+    probe = np.zeros(probe_shape, np.uint8)
     try:
         out = session.run([_OUTPUT], {_INPUT: probe})[0]
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
         raise CheckpointError(
             f"{onnx_path}: the model fails on a {tuple(probe_shape)} probe ({exc})"
         ) from exc
-    b, _, h, w = probe_shape
-    want = (b, config.out_channels, h, w)
-    if tuple(out.shape) != want:
+    b, h, w, _ = probe_shape
+    want = (b, h, w, MAP_CHANNELS)
+    if tuple(out.shape) != want or out.dtype != np.uint8:
         raise CheckpointError(
-            f"{onnx_path}: the model outputs {tuple(out.shape)} for a {tuple(probe_shape)} input, "
-            f"its config needs {want} ({config.out_channels} channels: foreground, distance, "
-            f"background and {config.num_classes} classes); this file and its metadata do not "
+            f"{onnx_path}: the model outputs {out.dtype} {tuple(out.shape)} for a "
+            f"{tuple(probe_shape)} input, the engine needs uint8 {want} maps (foreground, "
+            "distance, nucleus class, its probability); this file and its metadata do not "
             "belong together: export the model again with wsi-infer-export"
+        )
+    classes = out[..., 2]
+    if classes.min() < 1 or classes.max() > config.num_classes:
+        raise CheckpointError(
+            f"{onnx_path}: the model gives nucleus classes {int(classes.min())}.."
+            f"{int(classes.max())} where its config has 1..{config.num_classes}; this file and its metadata do not belong "
+            "together: export the model again with wsi-infer-export"
         )
 
 

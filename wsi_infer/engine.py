@@ -50,6 +50,7 @@ from wsi_infer.params import RunParams
 from wsi_infer.predict import (
     BackendSpec,
     PredictJob,
+    PredictResult,
     RowTracker,
     execute,
     missing_tiles,
@@ -58,6 +59,7 @@ from wsi_infer.predict import (
 )
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
 from wsi_infer.resume import existing_store, fingerprint, slide_record
+from wsi_infer.scheduler import Call, predict_priority
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
     ATTR,
@@ -80,6 +82,16 @@ logger = logging.getLogger(__name__)
 
 #: A slide whose mpp is within this fraction of the model's is read at its own grid, unresampled.
 MPP_TOLERANCE = 0.02
+#: Busy time the predict tasks report (summed over tasks), as keys of ``RunSummary.timings``:
+#: the model's (``predict_model_s``), reading's and writing the maps' wall and CPU seconds.
+PREDICT_BUSY = (
+    "predict_read_s",
+    "predict_read_cpu_s",
+    "predict_wait_s",
+    "predict_model_s",
+    "predict_write_s",
+    "predict_write_cpu_s",
+)
 
 
 ProgressFactory = Callable[[int, str], Any]
@@ -149,6 +161,9 @@ def run_slide(
     """
     params = params or RunParams.for_model(backend.config)
     params.check_model(backend.config)
+    check_shapes = getattr(backend, "check_shapes", None)  # backends built for fixed shapes
+    if check_shapes is not None:
+        check_shapes(params.tile_size, params.batch_size)
     # absolute before anything is sent to a cluster: workers run in other folders
     out = Path(out).absolute()
     slide = open_slide(Path(slide_path).absolute())
@@ -353,8 +368,6 @@ def _run_stages(
     progress: ProgressFactory | None,
     client: Any,
 ) -> tuple[int, int]:
-    from dask.delayed import delayed
-
     grid, reader, backend, params = sj.grid, sj.reader, sj.backend, sj.params
     scale, run_mpp = sj.scale, sj.run_mpp
     info: Any = root.attrs[ATTR]
@@ -385,12 +398,11 @@ def _run_stages(
         BackendSpec.of(backend),
     )
     local = None if client is not None else (backend, threading.Lock(), reader)
-    # dask runs independent tasks in descending key order: numbering them backwards makes it
-    # predict the slide top down, so stage 2 can start on the first bands early.
-    n = len(todo)
+    # Top rows first (an explicit priority, see wsi_infer.scheduler), so stage 2 can start
+    # on the first bands while the model works further down.
     tasks = [
-        delayed(predict_tiles, pure=False)(job, b, local, dask_key_name=f"predict-{n - 1 - r:09d}")
-        for r, (_, b) in enumerate(todo)
+        Call(predict_priority(b), f"predict-{k:09d}", predict_tiles, (job, b, local))
+        for k, b in todo
     ]
     # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
     # reads is predicted, so post-processing overlaps the model instead of following it.
@@ -399,10 +411,16 @@ def _run_stages(
     if bar is not None and len(tiles) > pending:
         bar.update(len(tiles) - pending)
 
-    def predicted(done: list[tuple[int, int]]) -> None:
-        tracker.done(done)
-        if bar is not None:
-            bar.update(len(done))
+    busy = dict.fromkeys(PREDICT_BUSY, 0.0)
+    busy_lock = threading.Lock()  # results arrive in the predict threads
+
+    def predicted(done: PredictResult) -> None:
+        with busy_lock:
+            for key in PREDICT_BUSY:
+                busy[key] += getattr(done, key.removeprefix("predict_"))
+            if bar is not None:
+                bar.update(len(done.tiles))
+        tracker.done(done.tiles)
 
     resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
 
@@ -420,6 +438,7 @@ def _run_stages(
     n_bands = math.ceil(grid.height / params.label_chunk)
     seg_bar = progress(n_bands, "segment") if progress else None
     seg_seconds = 0.0
+    seg_busy: dict[str, float] = {}
 
     def before_band(y: int) -> None:
         nonlocal seg_seconds
@@ -441,6 +460,7 @@ def _run_stages(
             run_mpp=run_mpp,
             on_band=after_band,
             before_band=before_band,
+            busy=seg_busy,
         )
         tracker.wait_rows(grid.height)  # all of stage 1, whatever the bands needed
         worker.join()
@@ -452,6 +472,8 @@ def _run_stages(
                 b.close()
     timings["predict_s"] = tracker.finished_at - t
     timings["segment_s"] = seg_seconds
+    timings.update(busy)
+    timings.update(seg_busy)
     missing = missing_tiles(sj.out, tiles)
     if missing:  # the tasks said done, but their maps are not in this store
         raise OutputWriteError(

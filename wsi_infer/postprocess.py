@@ -26,9 +26,12 @@ from scipy import ndimage as ndi
 __all__ = [
     "MAP_CHANNELS",
     "PostprocessParams",
+    "Segmentation",
     "instance_types",
     "logits_to_maps",
+    "pixel_types",
     "segment",
+    "segment_sparse",
 ]
 
 #: Channels of a compact map: foreground prob, distance, most likely nucleus class (1..K),
@@ -99,43 +102,123 @@ def segment(
 
     Labels are numbered 1..n in raster order of each instance's first pixel.
     """
+    return segment_sparse(maps, params).labels
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Instance labels and the same labels as a list of foreground pixels.
+
+    ``pixels`` are the flat (raster) indices of the foreground pixels in
+    increasing order and ``ids`` their labels (0 where a piece fell under
+    ``min_area``): everything per instance is computed on these few pixels, not
+    on the whole window.
+    """
+
+    labels: NDArray[np.int32]
+    n: int
+    pixels: NDArray[np.intp]
+    ids: NDArray[np.int32]
+
+
+def segment_sparse(
+    maps: NDArray[np.uint8], params: PostprocessParams = PostprocessParams()
+) -> Segmentation:
+    """:func:`segment`, also returning the labelled pixels (see :class:`Segmentation`).
+
+    Markers are the cores of nuclei: 4-connected regions where the distance map
+    exceeds ``marker_threshold`` inside the foreground; cores under
+    ``min_marker_area`` pixels seed nothing.  Every foreground pixel joins the
+    nearest core (Euclidean distance, ties broken by scipy's feature transform)
+    of its own 4-connected piece of foreground; a piece holding no core is one
+    instance.  The rule depends only on the piece of foreground itself, so a
+    nucleus comes out the same in every window that holds it whole.  Pieces with
+    one core (most nuclei) need no distance work at all; the distance transform
+    runs on the bounding box of each piece with several cores only.  The
+    whole-window passes are scipy.ndimage's C loops (two labellings, which
+    release the GIL); the rest works on the foreground pixels alone.
+    """
     fg = maps[..., 0] > round(params.foreground_threshold * 255)
-    if not fg.any():
-        return np.zeros(fg.shape, dtype=np.int32)
-    dist = maps[..., 1]
-    # Markers: the cores of nuclei.  Every foreground pixel joins the nearest marker of its
-    # own foreground component.  Unlike flooding, whose ties depend on the order pixels are
-    # visited, this depends only on the pixel's neighbourhood, so a nucleus comes out the
-    # same in every window that holds it whole.
-    markers, n_markers = ndi.label(fg & (dist > round(params.marker_threshold * 255)))
+    shape = fg.shape
+    labels = np.zeros(shape, dtype=np.int32)
+    comps, n_comps = ndi.label(fg, output=np.int32)
+    if n_comps == 0:
+        return Segmentation(labels, 0, np.zeros(0, np.intp), np.zeros(0, np.int32))
+    cores = fg & (maps[..., 1] > round(params.marker_threshold * 255))
+    markers, n_markers = ndi.label(cores, output=np.int32)
+    pixels = np.flatnonzero(fg)
+    comp_of = comps.ravel()[pixels]
+    core_px = np.flatnonzero(cores)
+    core_id = markers.ravel()[core_px]
+    keep = np.ones(n_markers + 1, dtype=bool)
+    keep[0] = False
     if n_markers and params.min_marker_area > 1:
         # Peaks too small to be a nucleus' core seed nothing: their pixels join a
         # neighbouring core, or their piece of foreground becomes one nucleus.
-        sizes = np.bincount(markers.ravel())
-        small = sizes < params.min_marker_area
-        small[0] = False
-        if small.any():
-            markers[small[markers]] = 0
-            markers, n_markers = ndi.label(markers > 0)
-    labels = np.zeros(fg.shape, dtype=np.int32)
-    if n_markers:
-        comps, _ = ndi.label(fg)
-        marker_comp = np.zeros(n_markers + 1, dtype=comps.dtype)
-        marker_comp[markers[markers > 0]] = comps[markers > 0]
-        labels = markers.astype(np.int32)
-        # A pixel whose nearest seed lies in another component waits for seeds of its own
-        # component to grow closer: a few rounds settle all but pathological shapes.
-        for _ in range(6):
-            todo = fg & (labels == 0)
-            if not todo.any():
-                break
-            _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-            nearest = labels[iy, ix]
-            ok = todo & (marker_comp[nearest] == comps)
-            if not ok.any():
-                break
-            labels[ok] = nearest[ok]
-    return finish_labels(labels, fg, params.min_area)
+        keep &= np.bincount(core_id, minlength=n_markers + 1) >= params.min_marker_area
+        dropped = ~keep[core_id]
+        if dropped.any():
+            markers.ravel()[core_px[dropped]] = 0
+            core_px, core_id = core_px[~dropped], core_id[~dropped]
+    core_comp = np.zeros(n_markers + 1, dtype=np.int32)
+    core_comp[core_id] = comps.ravel()[core_px]
+    kept_ids = np.flatnonzero(keep)
+    cores_in = np.bincount(core_comp[kept_ids], minlength=n_comps + 1)
+    # One id per piece: its only core's id, or a new one past the cores' ids.
+    lut = np.arange(n_markers, n_markers + n_comps + 1, dtype=np.int32)
+    single = kept_ids[cores_in[core_comp[kept_ids]] == 1]
+    lut[core_comp[single]] = single
+    lut[0] = 0
+    labels.ravel()[pixels] = lut[comp_of]
+    multi = np.flatnonzero(cores_in > 1)
+    if multi.size:
+        _nearest_core(labels, comps, markers, pixels, comp_of, multi, n_comps)
+    ids = labels.ravel()[pixels]
+    areas = np.bincount(ids)
+    areas[0] = 0
+    kept = areas >= params.min_area
+    # renumber 1..n in raster order of each instance's first pixel
+    first = np.full(areas.size, pixels.size, dtype=np.intp)
+    np.minimum.at(first, ids, np.arange(pixels.size))
+    order = np.flatnonzero(kept)
+    order = order[np.argsort(first[order], kind="stable")]
+    renum = np.zeros(areas.size, dtype=np.int32)
+    renum[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    ids = renum[ids]
+    labels.ravel()[pixels] = ids
+    return Segmentation(labels, int(order.size), pixels, ids)
+
+
+def _nearest_core(
+    labels: NDArray[np.int32],
+    comps: NDArray[np.int32],
+    markers: NDArray[np.int32],
+    pixels: NDArray[np.intp],
+    comp_of: NDArray[np.int32],
+    multi: NDArray[np.intp],
+    n_comps: int,
+) -> None:
+    """Label each pixel of the pieces ``multi`` with its nearest core in the same piece."""
+    is_multi = np.zeros(n_comps + 1, dtype=bool)
+    is_multi[multi] = True
+    sel = is_multi[comp_of]
+    px, cp = pixels[sel], comp_of[sel]
+    ys, xs = np.divmod(px, labels.shape[1])
+    big = np.iinfo(np.intp).max
+    y0 = np.full(n_comps + 1, big, np.intp)
+    x0 = np.full_like(y0, big)
+    y1 = np.zeros_like(y0)
+    x1 = np.zeros_like(y0)
+    np.minimum.at(y0, cp, ys)
+    np.minimum.at(x0, cp, xs)
+    np.maximum.at(y1, cp, ys)
+    np.maximum.at(x1, cp, xs)
+    for c in multi.tolist():
+        sl = np.s_[y0[c] : y1[c] + 1, x0[c] : x1[c] + 1]
+        piece = comps[sl] == c
+        seeds = np.where(piece, markers[sl], 0)
+        iy, ix = ndi.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+        labels[sl][piece] = seeds[iy[piece], ix[piece]]
 
 
 def finish_labels(
@@ -176,13 +259,24 @@ def instance_types(
     n = int(labels.max()) if n is None else n
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.float32)
-    cls = maps[..., 2].astype(np.int64)
-    prob = maps[..., 3].astype(np.float64) / 255.0
-    m = labels > 0
-    lab = labels[m].astype(np.int64)
-    n_cls = max(int(cls.max()) + 1, 2)
-    votes = np.zeros((n + 1, n_cls), dtype=np.float64)
-    np.add.at(votes, (lab, cls[m]), prob[m])
+    flat = labels.ravel()
+    pixels = np.flatnonzero(flat)
+    return pixel_types(flat[pixels], maps.reshape(-1, maps.shape[-1])[pixels], n)
+
+
+def pixel_types(
+    ids: NDArray[np.integer], values: NDArray[np.uint8], n: int
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """:func:`instance_types` from the labelled pixels alone: their instance ids (1..n,
+    in raster order) and their map values ``(pixels, 4)``."""
+    if n == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    cls = values[:, 2].astype(np.intp)
+    n_cls = max(int(cls.max()) + 1, 2) if cls.size else 2
+    lab = ids.astype(np.intp)
+    votes = np.bincount(
+        lab * n_cls + cls, weights=values[:, 3] / 255.0, minlength=(n + 1) * n_cls
+    ).reshape(n + 1, n_cls)
     area = np.bincount(lab, minlength=n + 1).astype(np.float64)
     v = votes[1:, 1:]
     best = v.argmax(axis=1)

@@ -22,22 +22,22 @@ from typing import Any
 
 import numpy as np
 import zarr
-from numpy.typing import NDArray
 
-from wsi_infer.backends import Backend, create_backend
+from wsi_infer.backends import MAP_CHANNELS, Backend
 from wsi_infer.errors import CheckpointError, IdentityMismatchError
 from wsi_infer.identity import slide_identity
-from wsi_infer.postprocess import logits_to_maps
 from wsi_infer.reader import GridReader, open_slide
+from wsi_infer.recipe import BackendRecipe
+from wsi_infer.scheduler import Call, run_prioritised, submit_prioritised
 from wsi_infer.tiling import TileGrid
 
 __all__ = [
     "BackendSpec",
     "PredictJob",
+    "PredictResult",
     "RowTracker",
     "execute",
     "missing_tiles",
-    "normalise",
     "predict_tiles",
     "tile_done",
 ]
@@ -45,32 +45,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackendSpec:
-    """How to build a backend anywhere (a dask worker builds its own, once per process)."""
-
-    name: str
-    model: str
-    device: str
-    threads: int | None = None
-    sha256: str = ""
-
-    @classmethod
-    def of(cls, backend: Backend) -> BackendSpec:
-        source = Path(backend.model_source)
-        return cls(
-            backend.name,
-            str(source.absolute()) if source.exists() else backend.model_source,
-            backend.device,
-            getattr(backend, "threads", None),
-            backend.model_sha256,
-        )
+#: How a dask worker builds its backend: the client's complete recipe, shipped whole.
+BackendSpec = BackendRecipe
 
 
 @functools.lru_cache(maxsize=4)
 def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
     """One model (and one lock serialising its calls) per process and spec."""
-    backend = create_backend(spec.name, spec.model, device=spec.device, threads=spec.threads)
+    backend = spec.build()
     if spec.sha256 and backend.model_sha256 != spec.sha256:
         raise CheckpointError(
             f"{spec.model}: this worker's copy of the model differs from the client's "
@@ -135,21 +117,27 @@ class PredictJob:
             raise ValueError("a predict job needs absolute slide and store paths")
 
 
-def normalise(
-    tiles: NDArray[np.uint8], mean: tuple[float, ...], std: tuple[float, ...]
-) -> NDArray[np.float32]:
-    x = tiles.astype(np.float32) / 255.0
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+@dataclass(frozen=True)
+class PredictResult:
+    """The tiles a predict task did and where its time went, measured by the worker itself:
+    wall (``*_s``) and this thread's CPU (``*_cpu_s``) reading and writing, the model's
+    busy time (``model_s``, the backend call) and the wait for the model (``wait_s``)."""
+
+    tiles: list[tuple[int, int]]
+    read_s: float = 0.0
+    read_cpu_s: float = 0.0
+    wait_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+    write_cpu_s: float = 0.0
 
 
 def predict_tiles(
     job: PredictJob,
     tiles: Sequence[tuple[int, int]],
     local: tuple[Backend, threading.Lock, GridReader] | None = None,
-) -> list[tuple[int, int]]:
-    """Read, infer and store the maps of ``tiles``; returns them.
+) -> PredictResult:
+    """Read, infer and store the maps of ``tiles``; returns them with the task's timings.
 
     ``local`` passes the caller's backend, lock and reader (threads of one
     process); without it, the worker's own (cached) ones are used.
@@ -162,23 +150,34 @@ def predict_tiles(
         backend, lock, reader = local
         maps = job.maps
     grid, t = job.grid, job.grid.tile
+    t0, c0 = time.perf_counter(), time.thread_time()
     imgs = np.stack([reader.read(x, y, t, t) for y, x in (grid.origin(i, j) for i, j in tiles)])
-    batch = normalise(imgs, backend.config.mean, backend.config.std)
+    t1, c1 = time.perf_counter(), time.thread_time()
     with lock:
-        logits = backend(batch)
-    want = (len(tiles), backend.config.out_channels, t, t)
-    if tuple(logits.shape) != want:
+        t2 = time.perf_counter()
+        out = backend(imgs)  # compact maps, made in the model's graph
+        t3 = time.perf_counter()
+    c3 = time.thread_time()
+    want = (len(tiles), t, t, MAP_CHANNELS)
+    if tuple(out.shape) != want or out.dtype != np.uint8:
         raise CheckpointError(
-            f"{backend.model_source}: the model returned {tuple(logits.shape)} for "
-            f"{len(tiles)} tiles of {t} px, its config needs {want}; the model file and its "
-            "config do not belong together"
+            f"{backend.model_source}: the model returned {out.dtype} {tuple(out.shape)} for "
+            f"{len(tiles)} tiles of {t} px, the engine needs uint8 {want} maps; the model file "
+            "and its config do not belong together: export it again with wsi-infer-export"
         )
-    out = logits_to_maps(logits)
     h = grid.halo
     for k, (i, j) in enumerate(tiles):
         y0, y1, x0, x1 = grid.core(i, j)
         maps[y0:y1, x0:x1] = out[k, h : h + y1 - y0, h : h + x1 - x0]
-    return list(tiles)
+    return PredictResult(
+        list(tiles),
+        read_s=t1 - t0,
+        read_cpu_s=c1 - c0,
+        wait_s=t2 - t1,
+        model_s=t3 - t2,
+        write_s=time.perf_counter() - t3,
+        write_cpu_s=time.thread_time() - c3,
+    )
 
 
 class RowTracker:
@@ -245,32 +244,16 @@ def missing_tiles(store: Path, tiles: Sequence[tuple[int, int]]) -> list[tuple[i
 
 
 def execute(
-    tasks: list[Any],
+    calls: list[Call[Any]],
     client: Any,
     workers: int,
     on_result: Callable[[Any], None] | None,
     resources: dict[str, float] | None = None,
 ) -> list[Any]:
-    """Compute dask delayed ``tasks`` locally (threads) or on ``client``; results in order."""
-    if not tasks:
+    """Run ``calls`` in ``workers`` threads of this process, or on ``client``'s workers,
+    most urgent first (see :mod:`wsi_infer.scheduler`); results in order."""
+    if not calls:
         return []
     if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks, resources=resources)
-        for fut in as_completed(futures):
-            if on_result is not None:
-                on_result(fut.result())
-        return list(client.gather(futures))
-    from dask.base import compute
-    from dask.callbacks import Callback
-
-    keys = {t.key for t in tasks}
-
-    class _Progress(Callback):
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-            if key in keys and on_result is not None:
-                on_result(result)
-
-    with _Progress():
-        return list(compute(*tasks, scheduler="threads", num_workers=workers))
+        return submit_prioritised(client, calls, on_result, resources)
+    return run_prioritised(calls, workers, on_result)

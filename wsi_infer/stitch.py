@@ -11,6 +11,7 @@ written out band by band: memory is bounded by the slide's width, never its area
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer.params import RunParams
-from wsi_infer.postprocess import PostprocessParams, instance_types, segment
+from wsi_infer.postprocess import PostprocessParams, pixel_types, segment_sparse
 from wsi_infer.tiling import windows
 
 __all__ = ["WindowNuclei", "segment_window", "stitch"]
@@ -28,24 +29,36 @@ __all__ = ["WindowNuclei", "segment_window", "stitch"]
 
 @dataclass
 class WindowNuclei:
-    """Nuclei owned by one window, in raster order of their first pixel."""
+    """Nuclei owned by one window, in raster order of their first pixel.
+
+    Their pixels are listed, not drawn: ``pixels_y``/``pixels_x`` (grid
+    coordinates) with ``pixel_nucleus`` the row of the nucleus each belongs to.
+    """
 
     bbox: NDArray[np.int64]  # (n, 4) grid y0 y1 x0 x1
-    masks: list[NDArray[np.bool_]]
     centroid: NDArray[np.float64]  # (n, 2) grid y x
     area: NDArray[np.int64]
     types: NDArray[np.uint8]
     probs: NDArray[np.float32]
+    pixels_y: NDArray[np.intp]
+    pixels_x: NDArray[np.intp]
+    pixel_nucleus: NDArray[np.intp]
+
+    def __len__(self) -> int:
+        return len(self.area)
 
     @classmethod
     def empty(cls) -> WindowNuclei:
+        none = np.zeros(0, np.intp)
         return cls(
             np.zeros((0, 4), np.int64),
-            [],
             np.zeros((0, 2)),
             np.zeros(0, np.int64),
             np.zeros(0, np.uint8),
             np.zeros(0, np.float32),
+            none,
+            none,
+            none,
         )
 
 
@@ -55,46 +68,58 @@ def segment_window(
     margin: int,
     post: PostprocessParams,
 ) -> WindowNuclei:
-    """Segment ``core`` plus ``margin`` of ``maps``; keep the nuclei whose centroid is in ``core``."""
-    from scipy import ndimage as ndi
+    """Segment ``core`` plus ``margin`` of ``maps``; keep the nuclei whose centroid is in ``core``.
 
+    Everything per nucleus (area, centroid, box, class) is computed from the
+    list of labelled pixels that :func:`segment_sparse` returns, never from
+    whole-window passes.
+    """
     height, width = maps.shape[:2]
     y0, y1, x0, x1 = core
     wy0, wy1 = max(0, y0 - margin), min(height, y1 + margin)
     wx0, wx1 = max(0, x0 - margin), min(width, x1 + margin)
-    window = np.asarray(maps[wy0:wy1, wx0:wx1])
-    labels = segment(window, post)
-    n = int(labels.max())
+    window = np.ascontiguousarray(maps[wy0:wy1, wx0:wx1])
+    seg = segment_sparse(window, post)
+    n = seg.n
     if n == 0:
         return WindowNuclei.empty()
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:]
-    yy, xx = np.divmod(np.arange(flat.size), labels.shape[1])
-    cy = np.bincount(flat, weights=yy, minlength=n + 1)[1:] / area + wy0
-    cx = np.bincount(flat, weights=xx, minlength=n + 1)[1:] / area + wx0
+    labelled = seg.ids > 0
+    ids = seg.ids[labelled].astype(np.intp)
+    pixels = seg.pixels[labelled]
+    yy, xx = np.divmod(pixels, window.shape[1])
+    area = np.bincount(ids, minlength=n + 1)[1:]
+    cy = np.bincount(ids, weights=yy, minlength=n + 1)[1:] / area + wy0
+    cx = np.bincount(ids, weights=xx, minlength=n + 1)[1:] / area + wx0
     iy, ix = np.floor(cy), np.floor(cx)
-    objects = ndi.find_objects(labels)
-    extent = np.array(
-        [
-            max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-            for sl in objects
-            if sl is not None
-        ]
-    )
+    top = np.full(n + 1, window.shape[0], np.intp)
+    left = np.full(n + 1, window.shape[1], np.intp)
+    bottom = np.zeros(n + 1, np.intp)
+    right = np.zeros(n + 1, np.intp)
+    np.minimum.at(top, ids, yy)
+    np.minimum.at(left, ids, xx)
+    np.maximum.at(bottom, ids, yy)
+    np.maximum.at(right, ids, xx)
+    box = np.stack([top, bottom + 1, left, right + 1], 1)[1:]
+    extent = np.maximum(box[:, 1] - box[:, 0], box[:, 3] - box[:, 2])
     # An object wider than the margin is no nucleus (and could not be seen whole): drop it.
     owned = np.flatnonzero((iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1) & (extent <= margin))
     if owned.size == 0:
         return WindowNuclei.empty()
-    types, probs = instance_types(labels, window, n)
-    bbox = np.zeros((owned.size, 4), np.int64)
-    masks = []
-    for r, k in enumerate(owned):
-        sl = objects[k]
-        assert sl is not None
-        masks.append(labels[sl] == k + 1)
-        bbox[r] = (sl[0].start + wy0, sl[0].stop + wy0, sl[1].start + wx0, sl[1].stop + wx0)
+    types, probs = pixel_types(ids, window.reshape(-1, 4)[pixels], n)
+    row = np.full(n + 1, -1, np.intp)
+    row[owned + 1] = np.arange(owned.size)
+    mine = row[ids]
+    keep = mine >= 0
+    bbox = box[owned].astype(np.int64) + np.array([wy0, wy0, wx0, wx0])
     return WindowNuclei(
-        bbox, masks, np.stack([cy[owned], cx[owned]], 1), area[owned], types[owned], probs[owned]
+        bbox,
+        np.stack([cy[owned], cx[owned]], 1),
+        area[owned].astype(np.int64),
+        types[owned],
+        probs[owned],
+        yy[keep] + wy0,
+        xx[keep] + wx0,
+        mine[keep],
     )
 
 
@@ -108,12 +133,19 @@ class _Canvas:
         self.labels = np.zeros((self.rows, width), np.uint32)
         self.types = np.zeros((self.rows, width), np.uint8)
 
-    def paint(self, bbox: NDArray[np.int64], mask: NDArray[np.bool_], ident: int, typ: int) -> None:
-        y0, y1, x0, x1 = (int(v) for v in bbox)
-        sub = self.labels[y0 - self.base : y1 - self.base, x0:x1]
-        free = mask & (sub == 0)  # first painted wins: deterministic, as ids follow raster order
-        sub[free] = ident
-        self.types[y0 - self.base : y1 - self.base, x0:x1][free] = typ
+    def paint(self, part: WindowNuclei, first_id: int) -> None:
+        """Paint a window's nuclei as ids ``first_id``, ``first_id + 1``, ...
+
+        A window's nuclei never share a pixel; where one of an earlier window
+        holds a pixel already, the first painted wins (deterministic, as ids
+        follow raster order).
+        """
+        flat = (part.pixels_y - self.base) * self.labels.shape[1] + part.pixels_x
+        labels, types = self.labels.ravel(), self.types.ravel()
+        free = labels[flat] == 0
+        flat = flat[free]
+        labels[flat] = (part.pixel_nucleus[free] + first_id).astype(np.uint32)
+        types[flat] = part.types[part.pixel_nucleus[free]]
 
     def flush(self, nuclei: Any, types: Any, height: int) -> None:
         """Write the first ``chunk`` rows (now final) and roll the buffer by ``chunk`` rows."""
@@ -139,14 +171,17 @@ def stitch(
     run_mpp: float = 1.0,
     on_band: Callable[[dict[str, NDArray[Any]]], None] | None = None,
     before_band: Callable[[int], None] | None = None,
+    busy: dict[str, float] | None = None,
 ) -> int:
     """Segment seamless ``maps`` window by window into ``nuclei_out``/``types_out``.
 
     Each nucleus is taken once, by the window holding its centroid, numbered in
     raster order of windows and of its first pixel; ``on_band`` receives each
     band's table rows.  ``before_band(y)`` is called before a band is read and
-    may block until the maps' rows above ``y`` are final.  Returns the number of
-    nuclei.
+    may block until the maps' rows above ``y`` are final.  ``busy`` receives
+    the windows' summed wall and thread-CPU seconds (``segment_busy_s``,
+    ``segment_cpu_s``, measured in the threads that segment them) and the
+    painting's (``stitch_paint_s``).  Returns the number of nuclei.
     """
     from dask.base import compute
     from dask.delayed import delayed
@@ -158,12 +193,18 @@ def stitch(
     for _, cores in windows(height, width, chunk, params.window_cols):
         if before_band is not None:
             before_band(min(cores[0][1] + params.margin, height))
-        parts = compute(
-            *[delayed(segment_window)(maps, c, params.margin, params.post) for c in cores],
+        timed = compute(
+            *[delayed(_timed_window)(maps, c, params.margin, params.post) for c in cores],
             scheduler="threads",
             num_workers=params.workers,
         )
+        parts = tuple(part for part, _, _ in timed)
+        t0 = time.perf_counter()
         rows = _paint_band(canvas, parts, next_id, scale, run_mpp)
+        if busy is not None:
+            busy["segment_busy_s"] = busy.get("segment_busy_s", 0.0) + sum(w for _, w, _ in timed)
+            busy["segment_cpu_s"] = busy.get("segment_cpu_s", 0.0) + sum(c for _, _, c in timed)
+            busy["stitch_paint_s"] = busy.get("stitch_paint_s", 0.0) + time.perf_counter() - t0
         if on_band is not None:
             on_band(rows)
         next_id += len(rows["id"])
@@ -172,14 +213,22 @@ def stitch(
     return next_id - 1
 
 
+def _timed_window(
+    maps: Any, core: tuple[int, int, int, int], margin: int, post: PostprocessParams
+) -> tuple[WindowNuclei, float, float]:
+    """:func:`segment_window` with its wall and thread-CPU seconds."""
+    t, c = time.perf_counter(), time.thread_time()
+    part = segment_window(maps, core, margin, post)
+    return part, time.perf_counter() - t, time.thread_time() - c
+
+
 def _paint_band(
     canvas: _Canvas, parts: tuple[WindowNuclei, ...], first_id: int, scale: float, run_mpp: float
 ) -> dict[str, NDArray[Any]]:
     ident = first_id
     for part in parts:
-        for k in range(len(part.masks)):
-            canvas.paint(part.bbox[k], part.masks[k], ident, int(part.types[k]))
-            ident += 1
+        canvas.paint(part, ident)
+        ident += len(part)
     n = ident - first_id
     if n == 0:
         return {"id": np.zeros(0, np.uint32)}

@@ -204,9 +204,9 @@ def run(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
-    from wsi_infer.backends import create_backend
     from wsi_infer.cluster import dask_client
     from wsi_infer.events import EventLog
+    from wsi_infer.recipe import BackendRecipe
 
     progress = tqdm_progress(quiet)
     try:
@@ -231,7 +231,7 @@ def run(
             ) as client,
         ):
             job = _Job(
-                engine=create_backend(backend, model, device=device),
+                engine=BackendRecipe.for_run(backend, model, params, device=device).build(),
                 params=params,
                 overwrite=overwrite,
                 progress=progress,
