@@ -181,7 +181,7 @@ def _bar_svg(
     log: bool = False,
 ) -> str:
     """Horizontal (stacked) bars: per row, segments of (value, colour, title)."""
-    label_w, width, bar_h, gap = 100, 240, 16, 6
+    label_w, width, bar_h, gap = 124, 240, 16, 6
     values = [sum(v for v, _, _ in segs) for _, segs in rows]
     top = total if total is not None else max([*values, 1e-9])
     if log:
@@ -214,8 +214,10 @@ def _bar_svg(
         )
     for k, (label, segs) in enumerate(rows):
         y = k * (bar_h + gap)
+        short = label if len(label) <= 18 else label[:17] + "…"
         out.append(
-            f'<text x="{label_w - 6}" y="{y + bar_h - 4}" text-anchor="end">{_esc(label[:18])}</text>'
+            f'<text x="{label_w - 6}" y="{y + bar_h - 4}" text-anchor="end">{_esc(short)}'
+            f"<title>{_esc(label)}</title></text>"
         )
         pos = 0.0
         for v, colour, title in segs:
