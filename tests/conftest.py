@@ -21,6 +21,14 @@ def shared() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def shared_or_skip() -> Path:
+    """The shared data for tests that can do without it: skipped, with the reason, when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found beside the repository ({SHARED}): real slides needed")
+    return SHARED
+
+
 #: Patches in the PanNuke-layout fold the training tests share.
 PANNUKE_PATCHES = 8
 

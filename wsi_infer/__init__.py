@@ -16,7 +16,8 @@ __all__ = ["__version__", "read_table"]
 
 
 def read_table(path: str) -> object:
-    """The nucleus table of a result store as a pandas DataFrame."""
+    """The nucleus table of a result store (a path, or a URL such as ``s3://bucket/r.zarr``)
+    as a pandas DataFrame."""
     from wsi_infer.store import read_table as _read_table
 
     return _read_table(path)

@@ -1,8 +1,11 @@
 """Many slides in one run: a list or a manifest in, one store per slide and a summary out.
 
 One slide failing never stops the others; each result is recorded in
-``summary.json`` and ``summary.csv`` in the output folder, rewritten (atomically)
-after every slide so that even a killed batch leaves an honest account.
+``summary.json`` and ``summary.csv`` in the output folder, rewritten (atomically;
+in object storage each is put as one object) after every slide so that even a
+killed batch leaves an honest account.  At the end ``report.html`` is written
+beside them (:mod:`wsi_infer.report`).  The folder and the slides may be URLs
+(:mod:`wsi_infer.location`).
 """
 
 from __future__ import annotations
@@ -14,15 +17,22 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wsi_infer.backends import Backend
 from wsi_infer.engine import ProgressFactory, RunParams, RunSummary, run_slide
-from wsi_infer.errors import ManifestError, OutputExistsError, OutputWriteError, WsiInferError
+from wsi_infer.errors import (
+    ManifestError,
+    OutputExistsError,
+    OutputWriteError,
+    PlausibilityError,
+    WsiInferError,
+)
 from wsi_infer.events import EventLog, ProgressEvents
-from wsi_infer.lock import StoreLock
+from wsi_infer.location import RemotePath, StorePath, is_url, parse_location
+from wsi_infer.objectlock import store_lock
 from wsi_infer.store import is_wsi_infer_store, refuse_inside_store
 
 __all__ = ["BatchItem", "SlideResult", "items_from_paths", "read_manifest", "run_batch"]
@@ -35,7 +45,7 @@ BATCH_LOCK = "wsi-infer.lock"
 
 @dataclass(frozen=True)
 class BatchItem:
-    slide: Path
+    slide: Path | RemotePath
     name: str
     mpp: float | None = None
 
@@ -48,9 +58,13 @@ class SlideResult:
     nuclei: int | None
     seconds: float
     error: str | None
+    tiles: int | None = None
+    tiles_per_second: float | None = None
+    #: Plausibility warnings, one line each (with --strict they fail the slide).
+    warnings: list[str] = field(default_factory=list)
 
 
-def _default_name(path: Path) -> str:
+def _default_name(path: Path | RemotePath) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
@@ -58,8 +72,13 @@ def _default_name(path: Path) -> str:
     return path.stem or name
 
 
-def items_from_paths(paths: Sequence[Path]) -> list[BatchItem]:
-    return [BatchItem(Path(p), _default_name(Path(p))) for p in paths]
+def items_from_paths(paths: Sequence[str | Path | RemotePath]) -> list[BatchItem]:
+    """Batch items of slide paths or URLs, named after their files."""
+    items = []
+    for p in paths:
+        where = parse_location(p)
+        items.append(BatchItem(where, _default_name(where)))
+    return items
 
 
 def read_manifest(path: Path) -> list[BatchItem]:
@@ -80,7 +99,11 @@ def read_manifest(path: Path) -> list[BatchItem]:
         raw = (row.get("path") or "").strip()
         if not raw:
             raise ManifestError(f"{path}: line {n} has an empty path")
-        slide = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+        slide: Path | RemotePath
+        if is_url(raw):
+            slide = parse_location(raw)
+        else:
+            slide = Path(raw) if Path(raw).is_absolute() else path.parent / raw
         mpp_text = (row.get("mpp") or "").strip()
         try:
             mpp = float(mpp_text) if mpp_text else None
@@ -94,7 +117,7 @@ def read_manifest(path: Path) -> list[BatchItem]:
 
 
 def check_names(items: Sequence[BatchItem]) -> None:
-    seen: dict[str, Path] = {}
+    seen: dict[str, Path | RemotePath] = {}
     for item in items:
         if "/" in item.name or item.name in ("", ".", ".."):
             raise ManifestError(f"{item.slide}: output name {item.name!r} is not a file name")
@@ -106,13 +129,16 @@ def check_names(items: Sequence[BatchItem]) -> None:
         seen[item.name] = item.slide
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: StorePath, text: str) -> None:
+    if isinstance(path, RemotePath):  # one object, put whole
+        path.write_text(text)
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def write_summary(out_dir: Path, results: Sequence[SlideResult]) -> None:
+def write_summary(out_dir: StorePath, results: Sequence[SlideResult]) -> None:
     rows = [asdict(r) for r in results]
     fields = list(SlideResult.__dataclass_fields__)
     lines = [",".join(fields)]
@@ -128,9 +154,13 @@ def write_summary(out_dir: Path, results: Sequence[SlideResult]) -> None:
         ) from exc
 
 
-def prepare_batch_folder(out_dir: Path) -> None:
+def prepare_batch_folder(out_dir: StorePath) -> None:
     """Make the batch's output folder, or say in one line why it cannot be one."""
-    if out_dir.exists() and not out_dir.is_dir():
+    if isinstance(out_dir, RemotePath):
+        is_file = out_dir.is_file()
+    else:
+        is_file = out_dir.exists() and not out_dir.is_dir()
+    if is_file:
         raise OutputExistsError(
             f"{out_dir}: is a file; --out for several slides must be a folder (one NAME.zarr "
             "per slide goes in it)"
@@ -150,6 +180,8 @@ def prepare_batch_folder(out_dir: Path) -> None:
 
 
 def _csv_cell(value: Any) -> str:
+    if isinstance(value, list):
+        value = " | ".join(str(v) for v in value)
     text = "" if value is None else str(value)
     if any(c in text for c in ',"\n'):
         text = '"' + text.replace('"', '""') + '"'
@@ -157,8 +189,8 @@ def _csv_cell(value: Any) -> str:
 
 
 def run_one(
-    slide: Path,
-    store: Path,
+    slide: Path | RemotePath,
+    store: StorePath,
     backend: Backend,
     params: RunParams,
     *,
@@ -185,6 +217,8 @@ def run_one(
     except WsiInferError as exc:
         log.emit("slide_failed", slide=str(slide), error=str(exc))
         raise
+    for warning in summary.warnings:
+        log.emit("slide_warning", slide=str(slide), store=str(store), warning=warning)
     log.emit(
         "slide_skipped" if summary.status == "skipped" else "slide_finished",
         slide=str(slide),
@@ -192,13 +226,22 @@ def run_one(
         nuclei=summary.nuclei,
         tiles=summary.tiles,
         seconds=round(summary.seconds, 3),
+        warnings=len(summary.warnings),
     )
     return summary
 
 
+def strict_error(slide: Path | RemotePath, warnings: Sequence[str]) -> PlausibilityError:
+    """The failure ``--strict`` makes of a result with plausibility warnings."""
+    more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+    return PlausibilityError(
+        f"{slide}: implausible result, failed because of --strict: {warnings[0]}{more}"
+    )
+
+
 def run_batch(
     items: Sequence[BatchItem],
-    out_dir: Path,
+    out_dir: StorePath,
     backend: Backend,
     params: RunParams,
     *,
@@ -207,16 +250,19 @@ def run_batch(
     client: Any = None,
     log: EventLog | None = None,
     geojson: bool = False,
+    strict: bool = False,
+    report: bool = True,
 ) -> list[SlideResult]:
     """Run every slide into ``out_dir/NAME.zarr``; failures are recorded, not raised.
 
     The folder is locked for the batch (``FOLDER/wsi-infer.lock``), each store
-    for its slide's run (``NAME.zarr.lock``).
+    for its slide's run (``NAME.zarr.lock``).  ``strict`` fails slides whose
+    results have plausibility warnings; ``report`` writes ``report.html`` at the end.
     """
     check_names(items)
     prepare_batch_folder(out_dir)
-    with StoreLock(out_dir, path=out_dir / BATCH_LOCK):
-        return _run_items(
+    with store_lock(out_dir, path=out_dir / BATCH_LOCK):
+        results = _run_items(
             items,
             out_dir,
             backend,
@@ -226,12 +272,26 @@ def run_batch(
             client=client,
             log=log or EventLog(None),
             geojson=geojson,
+            strict=strict,
         )
+        if report:
+            write_batch_report(out_dir, results)
+    return results
+
+
+def write_batch_report(out_dir: StorePath, results: Sequence[SlideResult]) -> None:
+    """``report.html`` beside the summaries; a failure to make it is logged, never fatal."""
+    from wsi_infer.report import write_report
+
+    try:
+        write_report(out_dir, results)
+    except (WsiInferError, OSError) as exc:
+        logger.warning("%s: cannot write report.html (%s)", out_dir, exc)
 
 
 def _run_items(
     items: Sequence[BatchItem],
-    out_dir: Path,
+    out_dir: StorePath,
     backend: Backend,
     params: RunParams,
     *,
@@ -240,6 +300,7 @@ def _run_items(
     client: Any,
     log: EventLog,
     geojson: bool,
+    strict: bool = False,
 ) -> list[SlideResult]:
     write_summary(out_dir, [])  # a folder that cannot take the summary fails now, not at the end
     log.emit("batch_started", slides=len(items), out=str(out_dir))
@@ -268,6 +329,10 @@ def _run_items(
             log.emit("slide_failed", slide=str(item.slide), error=error)
         else:
             status = "skipped" if summary.status == "skipped" else "complete"
+            error = None
+            if strict and summary.warnings:
+                status, error = "failed", str(strict_error(item.slide, summary.warnings))
+                log.emit("slide_failed", slide=str(item.slide), error=error)
             results.append(
                 SlideResult(
                     str(item.slide),
@@ -275,7 +340,10 @@ def _run_items(
                     status,
                     summary.nuclei,
                     round(summary.seconds, 3),
-                    None,
+                    error,
+                    summary.tiles,
+                    round(summary.tiles_per_second, 3) if summary.seconds > 0 else None,
+                    list(summary.warnings),
                 )
             )
             write_summary(out_dir, results)
@@ -288,7 +356,7 @@ def _run_items(
     return results
 
 
-def write_geojson_beside(store: Path, skipped: bool, overwrite: bool) -> Path:
+def write_geojson_beside(store: StorePath, skipped: bool, overwrite: bool) -> StorePath:
     """``NAME.geojson`` beside ``NAME.zarr``; kept as it is when the store was already complete."""
     from wsi_infer.geojson import export_geojson
 

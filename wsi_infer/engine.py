@@ -19,7 +19,11 @@ with dask (local threads, or a dask.distributed cluster) and run side by side:
    band: memory is bounded by the slide's width, never its area.  This stage is
    cheap and deterministic, so a resumed run simply does it again.
 
-The store's ``status`` turns ``complete`` last.
+The store's ``status`` turns ``complete`` last.  The store may be a local folder or
+a prefix in object storage (:mod:`wsi_infer.location`), and the slide a local file or
+a URL staged to a local cache (:mod:`wsi_infer.staging`).  Before it is sealed, the
+result is checked for plausibility (:mod:`wsi_infer.plausibility`): its warnings go
+into the statistics, never into the result.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,9 @@ from wsi_infer.backends import Backend
 from wsi_infer.bounds import check_grid, check_memory, check_preview
 from wsi_infer.errors import OutputWriteError, StoreLockedError, WsiInferError
 from wsi_infer.identity import SlideIdentity, slide_identity
+from wsi_infer.location import RemotePath, StorePath, parse_location
 from wsi_infer.lock import StoreLock
+from wsi_infer.objectlock import ObjectLock, store_lock
 from wsi_infer.params import RunParams
 from wsi_infer.predict import (
     BackendSpec,
@@ -106,6 +112,8 @@ class RunSummary:
     timings: dict[str, float]
     status: str = "complete"
     tiles_computed: int = 0
+    #: Plausibility warnings of the result (one line each); they never change it.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def tiles_per_second(self) -> float:
@@ -135,8 +143,8 @@ def _now() -> str:
 
 
 def run_slide(
-    slide_path: str | Path,
-    out: str | Path,
+    slide_path: str | Path | RemotePath,
+    out: str | StorePath,
     backend: Backend,
     params: RunParams | None = None,
     *,
@@ -165,8 +173,11 @@ def run_slide(
     if check_shapes is not None:
         check_shapes(params.tile_size, params.batch_size)
     # absolute before anything is sent to a cluster: workers run in other folders
-    out = Path(out).absolute()
-    slide = open_slide(Path(slide_path).absolute())
+    out = parse_location(out).absolute()
+    from wsi_infer.staging import local_slide
+
+    local, staged = local_slide(slide_path)
+    slide = open_slide(local)
     try:
         slide_mpp = resolve_mpp(slide, params.mpp)
         cfg = backend.config
@@ -185,6 +196,8 @@ def run_slide(
         record = slide_record(
             slide, identity, slide_mpp, "metadata" if params.mpp is None else "--mpp"
         )
+        if staged is not None:  # the slide is the object, wherever its copy is cached
+            record.update(path=staged.url, name=parse_location(staged.url).name)
         job = _SlideJob(
             slide,
             slide_mpp,
@@ -199,7 +212,7 @@ def run_slide(
             tissue_mpp,
         )
         refuse_inside_store(out, "store")
-        with StoreLock(out) as lock:
+        with store_lock(out) as lock:
             return _run_locked(
                 job, record, fingerprint(record, backend, params), lock, overwrite, progress, client
             )
@@ -214,7 +227,7 @@ class _SlideJob:
     slide: Slide
     slide_mpp: float
     identity: SlideIdentity
-    out: Path
+    out: StorePath
     backend: Backend
     params: RunParams
     reader: GridReader
@@ -228,7 +241,7 @@ def _run_locked(
     job: _SlideJob,
     record: dict[str, Any],
     wanted: dict[str, Any],
-    lock: StoreLock,
+    lock: StoreLock | ObjectLock,
     overwrite: bool,
     progress: ProgressFactory | None,
     client: Any,
@@ -244,7 +257,13 @@ def _run_locked(
             check_complete(out, root)  # a store that fails verification is reported, not trusted
             info: Any = root.attrs[ATTR]
             return RunSummary(
-                str(out), int(info["nuclei"]), int(info["tiles"]), 0.0, {}, status="skipped"
+                str(out),
+                int(info["nuclei"]),
+                int(info["tiles"]),
+                0.0,
+                {},
+                status="skipped",
+                warnings=_warning_lines(info.get("statistics")),
             )
         logger.info("%s: resuming an interrupted run", out)
         if "store_id" not in root.attrs[ATTR]:  # type: ignore[operator]
@@ -312,7 +331,21 @@ def _run_locked(
         if not isinstance(exc, StoreLockedError):  # a store taken over is no longer ours
             _mark_failed(root, f"{type(exc).__name__}: {exc}")
         raise
-    return RunSummary(str(out), nuclei, len(tiles), seconds, timings, tiles_computed=computed)
+    return RunSummary(
+        str(out),
+        nuclei,
+        len(tiles),
+        seconds,
+        timings,
+        tiles_computed=computed,
+        warnings=_warning_lines(root.attrs[ATTR].get("statistics")),  # type: ignore[union-attr]
+    )
+
+
+def _warning_lines(stats: Any) -> list[str]:
+    """The plausibility warnings recorded in a store's statistics, one line each."""
+    found = stats.get("warnings") if isinstance(stats, dict) else None
+    return [str(w["message"]) for w in found or [] if isinstance(w, dict) and "message" in w]
 
 
 def _tissue(job: _SlideJob) -> NDArray[np.bool_]:
@@ -325,7 +358,7 @@ def _tissue(job: _SlideJob) -> NDArray[np.bool_]:
     return detect_tissue(thumb, job.tissue_mpp, params.tissue)
 
 
-def _finish(root: zarr.Group, out: Path, **changes: Any) -> None:
+def _finish(root: zarr.Group, out: StorePath, **changes: Any) -> None:
     """Clean the store, record its digests, then (the last write) mark it complete."""
     seal_complete(out, root, **changes, finished=_now())
 
@@ -347,7 +380,7 @@ def _mark_failed(root: zarr.Group, error: str) -> None:
         logger.exception("could not record the failure in the store")
 
 
-def _guard_write(out: Path, fn: Callable[[], Any]) -> Any:
+def _guard_write(out: StorePath, fn: Callable[[], Any]) -> Any:
     """Run ``fn``; an OSError from writing (not from reading the slide) names the store."""
     try:
         return fn()
@@ -492,10 +525,39 @@ def _run_stages(
     from wsi_infer.stats import slide_statistics
 
     _mark(root, nuclei=nuclei)
-    _mark(root, stage="written", statistics=slide_statistics(root))
+    stats = slide_statistics(root)
+    stats["warnings"] = [f.to_dict() for f in _plausibility(root, stats, sj)]
+    _mark(root, stage="written", statistics=stats)
     remove_leftovers(sj.out)
     timings["write_s"] = time.perf_counter() - t
     return nuclei, pending
+
+
+def _plausibility(root: zarr.Group, stats: dict[str, Any], sj: _SlideJob) -> list[Any]:
+    """The result's plausibility findings; the model probes other resolutions if its
+    nuclei are of an implausible size (:mod:`wsi_infer.plausibility`)."""
+    from wsi_infer.bounds import MAX_MPP, MIN_MPP
+    from wsi_infer.plausibility import assess, candidate_mpps, make_probe, probe_centres
+
+    table: Any = root["tables/nuclei"]
+    info: Any = root.attrs[ATTR]
+    findings = assess(
+        areas=np.asarray(table["area_um2"][:], np.float64),
+        type_prob=np.asarray(table["type_prob"][:], np.float64),
+        n_classes=len(sj.backend.config.class_names),
+        tissue_fraction=float(info["tissue"]["fraction"]) if sj.params.tissue.enabled else None,
+        density_per_mm2=stats.get("density_per_mm2"),
+        config=sj.backend.config,
+        mpp=sj.slide_mpp,
+        mpp_source="metadata" if sj.params.mpp is None else "--mpp",
+        probe=make_probe(
+            sj.slide, sj.backend, sj.params, probe_centres(np.asarray(table["centroid"][:]))
+        ),
+        candidates=candidate_mpps(sj.slide_mpp, MIN_MPP, MAX_MPP),
+    )
+    for f in findings:
+        logger.warning("%s: %s", sj.out, f.message)
+    return findings
 
 
 def _after_band(root: zarr.Group, rows: dict[str, NDArray[Any]], bar: Any) -> None:

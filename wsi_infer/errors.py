@@ -19,9 +19,12 @@ __all__ = [
     "OutputExistsError",
     "OutputWriteError",
     "ParameterError",
+    "PlausibilityError",
+    "RemoteStorageError",
     "ResolutionError",
     "SlideNotFoundError",
     "SlideReadError",
+    "StorageDriverError",
     "StoreLockedError",
     "UnsupportedSlideError",
     "WorkLimitError",
@@ -99,3 +102,15 @@ class IdentityMismatchError(WsiInferError, ValueError):
 
 class ClusterError(WsiInferError, ConnectionError):
     """The dask scheduler cannot be reached, started, or has no workers."""
+
+
+class RemoteStorageError(WsiInferError, OSError):
+    """Object storage refused or failed a request (credentials, bucket, endpoint, network)."""
+
+
+class StorageDriverError(WsiInferError, ImportError):
+    """A URL's storage driver (s3fs, gcsfs, adlfs) is not installed."""
+
+
+class PlausibilityError(WsiInferError, ValueError):
+    """With ``--strict``: a result that completed but is implausible (see its warnings)."""

@@ -42,6 +42,7 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer.errors import OutputExistsError, OutputWriteError
+from wsi_infer.location import RemotePath, StorePath, parse_location
 from wsi_infer.store import ATTR, open_result, refuse_inside_store
 
 __all__ = ["GeoJsonSummary", "NucleusShape", "export_geojson", "iter_nucleus_shapes"]
@@ -68,7 +69,7 @@ class NucleusShape:
 class GeoJsonSummary:
     """What :func:`export_geojson` wrote, and what it had to report."""
 
-    path: Path
+    path: StorePath
     features: int = 0
     multipolygons: int = 0
     with_holes: int = 0
@@ -226,8 +227,8 @@ def _feature(
 
 
 def export_geojson(
-    store: str | Path,
-    out: str | Path,
+    store: str | StorePath,
+    out: str | StorePath,
     *,
     compress: bool | None = None,
     overwrite: bool = False,
@@ -238,9 +239,10 @@ def export_geojson(
     file is written under a temporary name and renamed when complete.  Raises
     :class:`~wsi_infer.errors.IncompleteStoreError` for a store that is not
     complete and :class:`~wsi_infer.errors.OutputExistsError` for an existing
-    ``out`` unless ``overwrite``.
+    ``out`` unless ``overwrite``.  ``store`` and ``out`` may be URLs (object
+    storage): the file is then written locally and put as one object.
     """
-    out = Path(out)
+    out = parse_location(out)
     root = open_result(store)
     refuse_inside_store(out, "GeoJSON")
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -260,7 +262,14 @@ def export_geojson(
     probs = np.asarray(table["type_prob"][:], np.float64)
 
     summary = GeoJsonSummary(out)
-    partial = out.with_name(out.name + ".partial")
+    if isinstance(out, RemotePath):
+        import tempfile
+
+        staging = Path(tempfile.mkdtemp(prefix="wsi-infer-geojson-"))
+        partial = staging / out.name
+    else:
+        staging = None
+        partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with _open_text(partial, compress) as fh:
@@ -289,7 +298,10 @@ def export_geojson(
                 first = False
                 summary.features += 1
             fh.write("\n]}\n")
-        os.replace(partial, out)
+        if isinstance(out, RemotePath):
+            out.upload(partial)
+        else:
+            os.replace(partial, out)
     except OSError as exc:
         _remove(partial)
         raise OutputWriteError(
@@ -298,6 +310,10 @@ def export_geojson(
     except BaseException:
         _remove(partial)
         raise
+    finally:
+        if staging is not None:
+            _remove(partial)
+            staging.rmdir()
     if summary.empty:
         logger.warning("%s: %d nuclei have no pixels in the label image", store, summary.empty)
     if summary.repaired:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -113,8 +112,11 @@ class PredictJob:
     backend: BackendSpec
 
     def __post_init__(self) -> None:
-        if not (Path(self.slide).is_absolute() and Path(self.store).is_absolute()):
-            raise ValueError("a predict job needs absolute slide and store paths")
+        from wsi_infer.location import is_url
+
+        store_ok = is_url(self.store) or Path(self.store).is_absolute()
+        if not (Path(self.slide).is_absolute() and store_ok):
+            raise ValueError("a predict job needs absolute slide and store paths (or a store URL)")
 
 
 @dataclass(frozen=True)
@@ -232,14 +234,17 @@ def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
         return False
 
 
-def missing_tiles(store: Path, tiles: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Tiles whose scratch chunk is not in the store at ``store`` (one directory walk)."""
+def missing_tiles(store: Any, tiles: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Tiles whose scratch chunk is not in the store at ``store`` (a path or a
+    :class:`~wsi_infer.location.RemotePath`; one listing)."""
+    from wsi_infer.location import walk_files
+
     folder = store / "_scratch" / "maps" / "c"
     present: set[tuple[int, int]] = set()
-    for dirpath, _, files in os.walk(folder):
-        rel = Path(dirpath).relative_to(folder).parts
-        if len(rel) == 2 and "0" in files and all(p.isdigit() for p in rel):
-            present.add((int(rel[0]), int(rel[1])))
+    for rel in walk_files(folder) if folder.exists() else []:
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[2] == "0" and parts[0].isdigit() and parts[1].isdigit():
+            present.add((int(parts[0]), int(parts[1])))
     return [t for t in tiles if t not in present]
 
 

@@ -9,13 +9,13 @@ the fingerprint is the same; the error says which part differs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import zarr
 
 from wsi_infer.errors import IncompleteStoreError, OutputExistsError
 from wsi_infer.identity import SlideIdentity, model_identity
+from wsi_infer.location import StorePath
 from wsi_infer.params import RunParams
 from wsi_infer.reader import Slide
 from wsi_infer.store import ATTR, store_attribute
@@ -66,7 +66,7 @@ def _difference(stored: Any, wanted: dict[str, Any]) -> str:
     return " and ".join(parts) or "another fingerprint"
 
 
-def existing_store(out: Path, wanted: dict[str, Any]) -> tuple[zarr.Group, str]:
+def existing_store(out: StorePath, wanted: dict[str, Any]) -> tuple[zarr.Group, str]:
     """An existing output that may be resumed or skipped: its group and status.
 
     Raises :class:`~wsi_infer.errors.OutputExistsError` saying why not: not a

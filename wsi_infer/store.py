@@ -17,6 +17,12 @@ that :mod:`wsi_infer.verify` checks are recorded.
 A store is created whole under a temporary name and renamed into place, so an
 output path holds either nothing or a store with its attributes; ``--overwrite``
 deletes only such a store, never another folder or file.
+
+A store may also live in object storage (a :class:`~wsi_infer.location.RemotePath`,
+``s3://bucket/prefix/NAME.zarr``).  Object stores cannot rename, so there a store is
+created in place with ``status: creating`` in the root metadata, written first and
+whole; a store left ``creating`` by a kill holds no work and is removed by the next
+run on it, as a local ``.NAME.creating-*`` folder is.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import zarr
 from numpy.typing import NDArray
 from zarr.codecs import BloscCodec
 
-from wsi_infer.errors import IncompleteStoreError, OutputExistsError
+from wsi_infer.errors import IncompleteStoreError, OutputExistsError, RemoteStorageError
+from wsi_infer.location import RemotePath, StorePath, parse_location, remove_tree
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -62,13 +69,15 @@ TABLE_COLUMNS: dict[str, tuple[str, int | None]] = {
 TABLE_CHUNK = 65536
 
 
-def store_attribute(path: Path) -> Any:
+def store_attribute(path: StorePath) -> Any:
     """The ``wsi_infer`` root attribute of the zarr v3 group at ``path`` (None if there is none).
 
     Read from ``zarr.json`` directly, so any folder (another tool's) can be asked.
     """
     try:
         meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+    except RemoteStorageError:  # credentials, network: not an answer about the store
+        raise
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
@@ -77,12 +86,14 @@ def store_attribute(path: Path) -> Any:
     return attrs.get(ATTR) if isinstance(attrs, dict) else None
 
 
-def is_wsi_infer_store(path: Path) -> bool:
+def is_wsi_infer_store(path: StorePath) -> bool:
     """Whether ``path`` is a folder holding a store wsi-infer wrote (complete or not)."""
+    if isinstance(path, RemotePath):
+        return isinstance(store_attribute(path), dict)
     return path.is_dir() and not path.is_symlink() and isinstance(store_attribute(path), dict)
 
 
-def store_containing(path: Path) -> Path | None:
+def store_containing(path: StorePath) -> StorePath | None:
     """The wsi-infer store that ``path`` lies inside, if any (``path`` itself not counted)."""
     for folder in path.absolute().parents:
         if is_wsi_infer_store(folder):
@@ -90,7 +101,7 @@ def store_containing(path: Path) -> Path | None:
     return None
 
 
-def refuse_inside_store(path: Path, what: str) -> None:
+def refuse_inside_store(path: StorePath, what: str) -> None:
     """Raise :class:`OutputExistsError` when ``path`` would be written inside a store."""
     store = store_containing(path)
     if store is not None:
@@ -100,7 +111,7 @@ def refuse_inside_store(path: Path, what: str) -> None:
         )
 
 
-def _describe(path: Path) -> str:
+def _describe(path: StorePath) -> str:
     if path.is_symlink():
         return "a symbolic link"
     if not path.is_dir():
@@ -110,7 +121,7 @@ def _describe(path: Path) -> str:
     return "a folder that is no zarr store"
 
 
-def prepare_output(path: Path, overwrite: bool) -> None:
+def prepare_output(path: StorePath, overwrite: bool) -> None:
     """Refuse to clobber an existing output unless ``overwrite``; then remove it.
 
     Only a wsi-infer store (or an empty folder) is ever removed: anything else
@@ -123,8 +134,13 @@ def prepare_output(path: Path, overwrite: bool) -> None:
             f"{path}: already exists; pass --overwrite to replace it, or choose another --out"
         )
     if is_wsi_infer_store(path):
-        shutil.rmtree(path)
-    elif path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        remove_tree(path)
+    elif (
+        isinstance(path, Path)
+        and path.is_dir()
+        and not path.is_symlink()
+        and not any(path.iterdir())
+    ):
         path.rmdir()
     else:
         raise OutputExistsError(
@@ -133,12 +149,15 @@ def prepare_output(path: Path, overwrite: bool) -> None:
         )
 
 
-def remove_leftovers(path: Path) -> None:
+def remove_leftovers(path: StorePath) -> None:
     """Remove what only a run in progress needs: ``_scratch`` and zarr's ``*.partial`` files.
 
     Works on the files themselves, so a scratch folder half removed by a kill (its
     ``zarr.json`` gone, chunks left) goes too.
     """
+    if isinstance(path, RemotePath):  # objects are put whole: no partial files
+        (path / "_scratch").rmtree()
+        return
     scratch = path / "_scratch"
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -148,8 +167,13 @@ def remove_leftovers(path: Path) -> None:
                 (Path(dirpath) / name).unlink(missing_ok=True)
 
 
-def remove_creating(path: Path) -> None:
+def remove_creating(path: StorePath) -> None:
     """Remove stores left half-created under a temporary name beside ``path`` (by a kill)."""
+    if isinstance(path, RemotePath):
+        info = store_attribute(path)
+        if isinstance(info, dict) and info.get("status") == CREATING:
+            path.rmtree()
+        return
     for tmp in path.parent.glob(f".{path.name}.creating-*"):
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -176,8 +200,12 @@ def multiscales_attrs(name: str, mpp: float, levels: int) -> dict[str, Any]:
     }
 
 
+#: The status of a store in object storage while its arrays are being created.
+CREATING = "creating"
+
+
 def create_store(
-    path: Path,
+    path: StorePath,
     *,
     grid_shape: tuple[int, int],
     chunk: int,
@@ -192,8 +220,24 @@ def create_store(
     """Create the store's arrays (empty) with ``status: running``.
 
     The store is made under a temporary name beside ``path`` and renamed into
-    place: ``path`` never holds a store without its attributes.
+    place: ``path`` never holds a store without its attributes.  In object
+    storage it is made in place, ``status: creating`` until its arrays are all there.
     """
+    layout: dict[str, Any] = {
+        "grid_shape": grid_shape,
+        "chunk": chunk,
+        "map_chunk": map_chunk,
+        "tissue": tissue,
+        "tissue_mpp": tissue_mpp,
+        "run_mpp": run_mpp,
+        "class_names": class_names,
+        "class_colours": class_colours,
+    }
+    if isinstance(path, RemotePath):
+        _create_arrays(path, attrs=attrs, status=CREATING, **layout)
+        root = zarr.open_group(str(path), mode="r+")
+        root.attrs[ATTR] = {**attrs, "status": "running"}
+        return root
     final = path
     path = final.with_name(f".{final.name}.creating-{uuid.uuid4().hex[:12]}")
     try:
@@ -217,7 +261,7 @@ def create_store(
 
 
 def _create_arrays(
-    path: Path,
+    path: StorePath,
     *,
     grid_shape: tuple[int, int],
     chunk: int,
@@ -228,9 +272,12 @@ def _create_arrays(
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
     attrs: dict[str, Any],
+    status: str = "running",
 ) -> None:
-    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    root.attrs[ATTR] = {**attrs, "status": "running"}
+    # the attributes come with the group's first metadata: never a store without them
+    root = zarr.open_group(
+        str(path), mode="w-", zarr_format=3, attributes={ATTR: {**attrs, "status": status}}
+    )
     labels = root.create_group("labels")
     labels.attrs["ome"] = {"version": "0.5", "labels": ["nuclei", "types", "tissue"]}
     h, w = grid_shape
@@ -348,7 +395,7 @@ def build_pyramid(group: zarr.Group, name: str, mpp: float, min_size: int) -> in
     return level + 1
 
 
-def open_result(path: str | Path, *, require_complete: bool = True) -> zarr.Group:
+def open_result(path: str | StorePath, *, require_complete: bool = True) -> zarr.Group:
     """Open a result store read-only; by default refuse one that is not complete and verified.
 
     ``require_complete=False`` only checks that it is a wsi-infer store (its
@@ -356,7 +403,7 @@ def open_result(path: str | Path, *, require_complete: bool = True) -> zarr.Grou
     """
     from wsi_infer.verify import check_complete, check_info
 
-    path = Path(path)
+    path = parse_location(path)
     try:
         root = zarr.open_group(str(path), mode="r")
     except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
@@ -367,8 +414,8 @@ def open_result(path: str | Path, *, require_complete: bool = True) -> zarr.Grou
     return root
 
 
-def read_table(path: str | Path) -> Any:
-    """The nucleus table of a complete store as a pandas DataFrame (one row per nucleus)."""
+def read_table(path: str | StorePath) -> Any:
+    """The nucleus table of a complete store (a path or URL) as a pandas DataFrame."""
     import pandas as pd
 
     root = open_result(path)

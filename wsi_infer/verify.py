@@ -15,6 +15,8 @@ is complete is trusted only when
   edited array, a status edited to ``complete`` all fail here).
 
 Checking the digests reads the store once (its size: the labels compress well).
+The same holds for a store in object storage: its objects are listed in the order
+a folder walk gives the files, so a store's digests are the same wherever it lies.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import zarr
 
 from wsi_infer.errors import CorruptStoreError, IncompleteStoreError
+from wsi_infer.location import RemotePath, StorePath, walk_files
 from wsi_infer.store import ATTR, TABLE_COLUMNS, remove_leftovers
 
 __all__ = [
@@ -56,7 +58,7 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def check_info(path: Path, info: Any) -> dict[str, Any]:
+def check_info(path: StorePath, info: Any) -> dict[str, Any]:
     """The root attribute as a dict with the fields every store has, else IncompleteStoreError."""
     if not isinstance(info, dict):
         raise IncompleteStoreError(f"{path}: not a wsi-infer result (no '{ATTR}' attribute)")
@@ -73,49 +75,52 @@ def check_info(path: Path, info: Any) -> dict[str, Any]:
     return info
 
 
-def _files(folder: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirs, files in os.walk(folder):
-        dirs.sort()
-        out.extend(Path(dirpath) / f for f in sorted(files))
-    return out
+def leftovers(path: StorePath, files: list[str] | None = None) -> list[str]:
+    """What a finished run must not leave: the scratch folder, temporary ``*.partial`` files.
 
-
-def leftovers(path: Path) -> list[str]:
-    """What a finished run must not leave: the scratch folder, temporary ``*.partial`` files."""
+    ``files`` is the store's :func:`~wsi_infer.location.walk_files`, when at hand.
+    """
+    files = walk_files(path) if files is None else files
     found = []
     if (path / "_scratch").exists():
         found.append("_scratch/ (the run's scratch maps)")
-    partial = [p for p in _files(path) if p.name.endswith(".partial")]
+    partial = [f for f in files if f.endswith(".partial")]
     if partial:
-        found.append(
-            f"{len(partial)} temporary *.partial files (e.g. {partial[0].relative_to(path)})"
-        )
+        found.append(f"{len(partial)} temporary *.partial files (e.g. {partial[0]})")
     return found
 
 
-def node_digests(path: Path) -> dict[str, str]:
+def _file_sha256(path: StorePath, rel: str) -> str:
+    if isinstance(path, RemotePath):
+        return hashlib.sha256((path / rel).read_bytes()).hexdigest()
+    with (path / rel).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def node_digests(path: StorePath, files: list[str] | None = None) -> dict[str, str]:
     """sha256 per node (a folder with ``zarr.json``) of its own files, the root's metadata apart.
 
     Files belong to their nearest node; ``*.partial`` temporary files are left out
     (:func:`leftovers` reports them).  Keys are node paths relative to the store.
+    ``files`` is the store's :func:`~wsi_infer.location.walk_files`, when at hand.
     """
+    files = walk_files(path) if files is None else files
+    present = set(files)
     digests: dict[str, Any] = {}
-    for file in _files(path):
-        rel = file.relative_to(path)
-        if rel == Path(META) or file.name.endswith(".partial"):
+    for rel_text in files:
+        rel = Path(rel_text)
+        if rel == Path(META) or rel.name.endswith(".partial"):
             continue
         node = rel.parent
-        while node != Path(".") and not (path / node / META).is_file():
+        while node != Path(".") and (node / META).as_posix() not in present:
             node = node.parent
         h = digests.setdefault(node.as_posix(), hashlib.sha256())
-        with file.open("rb") as fh:
-            content = hashlib.file_digest(fh, "sha256").hexdigest()
-        h.update(f"{file.relative_to(path / node).as_posix()}\0{content}\n".encode())
+        content = _file_sha256(path, rel_text)
+        h.update(f"{rel.relative_to(node).as_posix()}\0{content}\n".encode())
     return {k: v.hexdigest() for k, v in sorted(digests.items())}
 
 
-def seal_complete(path: Path, root: zarr.Group, **changes: Any) -> None:
+def seal_complete(path: StorePath, root: zarr.Group, **changes: Any) -> None:
     """Finish the store at ``path``: remove leftovers, record its digests, mark it complete.
 
     ``changes`` go into the root attribute in the same, last write.
@@ -201,15 +206,16 @@ def _pyramid_problems(root: zarr.Group, name: str, grid: tuple[int, int]) -> lis
     return problems
 
 
-def verify_store(path: Path, root: zarr.Group, info: dict[str, Any]) -> list[str]:
+def verify_store(path: StorePath, root: zarr.Group, info: dict[str, Any]) -> list[str]:
     """Every reason not to trust the complete store at ``path`` (empty: it verifies)."""
+    files = walk_files(path)
     problems = structure_problems(root, info, complete=True)
-    problems += [f"leftover {what}" for what in leftovers(path)]
+    problems += [f"leftover {what}" for what in leftovers(path, files)]
     recorded = info.get("digests")
     if not isinstance(recorded, dict) or not recorded:
         problems.append("no digests recorded (a run did not finish it, or its status was edited)")
         return problems
-    found = node_digests(path)
+    found = node_digests(path, files)
     for node in sorted(set(recorded) | set(found)):
         if node not in found:
             problems.append(f"{node} is gone")
@@ -220,7 +226,7 @@ def verify_store(path: Path, root: zarr.Group, info: dict[str, Any]) -> list[str
     return problems
 
 
-def check_complete(path: Path, root: zarr.Group | None = None) -> zarr.Group:
+def check_complete(path: StorePath, root: zarr.Group | None = None) -> zarr.Group:
     """The complete, verified store at ``path``, else a one-line error naming the first problem."""
     if root is None:
         try:

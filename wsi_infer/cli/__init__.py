@@ -13,6 +13,7 @@ import click
 from wsi_infer import __version__
 from wsi_infer.cli.export import export
 from wsi_infer.cli.inspect import inspect
+from wsi_infer.cli.report import report
 from wsi_infer.cli.run import run
 
 __all__ = ["main"]
@@ -51,3 +52,4 @@ def main(**_: Any) -> None:
 main.add_command(run)
 main.add_command(export)
 main.add_command(inspect)
+main.add_command(report)

@@ -15,8 +15,8 @@ def export() -> None:
 
 
 @export.command("geojson")
-@click.argument("store", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("store", type=str)
+@click.argument("out", type=str)
 @click.option(
     "--gzip",
     "compress",
@@ -26,8 +26,10 @@ def export() -> None:
 )
 @overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
-def geojson(store: Path, out: Path, compress: bool | None, overwrite: bool, quiet: bool) -> None:
+def geojson(store: str, out: str, compress: bool | None, overwrite: bool, quiet: bool) -> None:
     """Write every nucleus of STORE as a GeoJSON Feature (QuPath detections) to OUT.
+
+    STORE and OUT may be paths or URLs (s3://, gs://, az://).
 
     Outlines follow pixel edges, in slide level-0 pixel coordinates; a nucleus in
     several pieces is a MultiPolygon.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -20,12 +19,15 @@ def _levels(group: Any) -> list[list[int]]:
     return shapes
 
 
-def store_summary(path: Path) -> dict[str, Any]:
-    """A JSON-able summary of the store at ``path`` (statistics only when it is complete)."""
+def store_summary(path: Any) -> dict[str, Any]:
+    """A JSON-able summary of the store at ``path`` (a path or URL; statistics only when it
+    is complete)."""
+    from wsi_infer.location import parse_location
     from wsi_infer.stats import slide_statistics
     from wsi_infer.store import ATTR, open_result
     from wsi_infer.verify import verify_store
 
+    path = parse_location(path)
     root = open_result(path, require_complete=False)
     info: Any = root.attrs[ATTR]
     status = info.get("status")
@@ -85,6 +87,8 @@ def format_summary(s: dict[str, Any]) -> str:
     elif s.get("finished"):
         status += f" (finished {s['finished']}, {_num(s.get('seconds'), '.1f')} s)"
     row("status", status)
+    for w in (s.get("statistics") or {}).get("warnings") or []:
+        row("warning", str(w.get("message")))
     slide = s.get("slide") or {}
     if slide:
         w, h = slide.get("dimensions", ["?", "?"])
@@ -142,10 +146,11 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 @click.command("inspect")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=str)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
-def inspect(store: Path, as_json: bool) -> None:
-    """Summarise the result STORE: slide, model, status, nuclei per class, timings."""
+def inspect(store: str, as_json: bool) -> None:
+    """Summarise the result STORE (a path or URL): slide, model, status, plausibility
+    warnings, nuclei per class, timings."""
     from wsi_infer.errors import WsiInferError
 
     try:

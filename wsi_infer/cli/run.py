@@ -17,6 +17,7 @@ from wsi_infer.cli.common import (
     tqdm_progress,
     verbose_option,
 )
+from wsi_infer.location import parse_location
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +26,16 @@ EXIT_SOME_FAILED = 3
 
 
 @click.command("run")
-@click.argument("slides", nargs=-1, type=click.Path(path_type=Path, readable=False))
+@click.argument("slides", nargs=-1, type=str)
 @click.option(
     "--out",
     "-o",
+    "out_text",
     required=True,
-    type=click.Path(path_type=Path),
+    type=str,
     help="One slide: the store to write (NAME.zarr). Several: a folder for NAME.zarr "
-    "stores and summary.json/.csv.",
+    "stores, summary.json/.csv and report.html. A path or a URL (s3://bucket/prefix/, "
+    "gs://, az://; credentials from the cloud SDK's environment).",
 )
 @click.option(
     "--manifest",
@@ -130,12 +133,18 @@ EXIT_SOME_FAILED = 3
     type=click.Path(path_type=Path),
     help="Append one JSON line per event (started, progress, finished, failed).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail slides whose results get plausibility warnings (wrong --mpp, no tissue, "
+    "...), instead of only warning.",
+)
 @overwrite_option
 @quiet_option
 @verbose_option
 def run(
-    slides: tuple[Path, ...],
-    out: Path,
+    slides: tuple[str, ...],
+    out_text: str,
     manifest: Path | None,
     model: str,
     backend: str,
@@ -155,16 +164,24 @@ def run(
     tissue_threshold: float | None,
     geojson: bool,
     log_json: Path | None,
+    strict: bool,
     overwrite: bool,
     quiet: bool,
 ) -> None:
     """Segment and classify every nucleus of each SLIDE into zarr stores.
 
     A run interrupted at any point (even killed) is finished by the same command:
-    tiles already predicted and slides already complete are not redone.
+    tiles already predicted and slides already complete are not redone.  Slides
+    and --out may be URLs of object storage (s3://, gs://, az://).
     """
     from wsi_infer.errors import WsiInferError
     from wsi_infer.tissue import TissueParams
+
+    try:
+        out = parse_location(out_text)
+        sources = [parse_location(s) for s in slides]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
     if no_tissue_mask and tissue_threshold is not None:
         raise click.UsageError("--no-tissue-mask and --tissue-threshold are mutually exclusive")
@@ -172,9 +189,9 @@ def run(
         raise click.UsageError("--workers and --scheduler are mutually exclusive")
     if manifest is not None and slides:
         raise click.UsageError("give slides or --manifest, not both")
-    if manifest is None and not slides:
+    if manifest is None and not sources:
         raise click.UsageError("no slide given (SLIDE... or --manifest)")
-    single = manifest is None and len(slides) == 1 and out.suffix == ".zarr"
+    single = manifest is None and len(sources) == 1 and out.suffix == ".zarr"
     if not single and out.suffix == ".zarr":
         raise click.UsageError("several slides need --out to be a folder, not NAME.zarr")
 
@@ -213,8 +230,9 @@ def run(
         # a bad slide or output is reported before any model is loaded (or exported)
         if single:
             from wsi_infer.reader import open_slide, resolve_mpp
+            from wsi_infer.staging import local_slide
 
-            with open_slide(slides[0]) as opened:
+            with open_slide(local_slide(sources[0])[0]) as opened:
                 resolve_mpp(opened, mpp)
         else:
             from wsi_infer.batch import prepare_batch_folder
@@ -239,11 +257,12 @@ def run(
                 log=log,
                 quiet=quiet,
                 geojson=geojson,
+                strict=strict,
             )
             if single:
-                _run_one(job, slides[0], out)
+                _run_one(job, sources[0], out)
             else:
-                _run_many(job, slides, manifest, out)
+                _run_many(job, sources, manifest, out)
     except WsiInferError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -266,6 +285,7 @@ class _Job:
     log: Any
     quiet: bool
     geojson: bool
+    strict: bool = False
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``run_one`` and ``run_batch``."""
@@ -278,32 +298,48 @@ class _Job:
         }
 
 
-def _run_one(job: _Job, slide: Path, out: Path) -> None:
-    from wsi_infer.batch import run_one
+def _warn(source: Any, warnings: list[str]) -> None:
+    """Plausibility warnings, one line each on stderr (also with --quiet)."""
+    for w in warnings:
+        click.echo(f"wsi-infer: warning: {source}: {w}", err=True)
+
+
+def _run_one(job: _Job, slide: Any, out: Any) -> None:
+    from wsi_infer.batch import run_one, strict_error
 
     summary = run_one(slide, out, job.engine, job.params, **job.options())
     if not job.quiet:
         click.echo(summary.line())
+    _warn(slide, summary.warnings)
+    if job.strict and summary.warnings:
+        raise strict_error(slide, summary.warnings)
 
 
-def _run_many(job: _Job, slides: tuple[Path, ...], manifest: Path | None, out: Path) -> None:
+def _run_many(job: _Job, slides: list[Any], manifest: Path | None, out: Any) -> None:
     from wsi_infer.batch import items_from_paths, read_manifest, run_batch
 
     items = read_manifest(manifest) if manifest is not None else items_from_paths(slides)
-    results = run_batch(items, out, job.engine, job.params, **job.options())
+    results = run_batch(items, out, job.engine, job.params, strict=job.strict, **job.options())
     failed = [r for r in results if r.status == "failed"]
     if not job.quiet:
-        width = max(len(Path(r.slide).name) for r in results)
-        click.echo(f"{'slide':<{width}}  {'status':<8}  {'nuclei':>8}  {'seconds':>8}")
-        for r in results:
+        names = [parse_location(r.slide).name for r in results]
+        width = max(len(n) for n in names)
+        click.echo(
+            f"{'slide':<{width}}  {'status':<8}  {'nuclei':>8}  {'seconds':>8}  {'warnings':>8}"
+        )
+        for name, r in zip(names, results, strict=True):
             nuclei = "" if r.nuclei is None else str(r.nuclei)
             click.echo(
-                f"{Path(r.slide).name:<{width}}  {r.status:<8}  {nuclei:>8}  {r.seconds:>8.1f}"
+                f"{name:<{width}}  {r.status:<8}  {nuclei:>8}  {r.seconds:>8.1f}  "
+                f"{len(r.warnings) or '':>8}"
             )
         click.echo(
             f"{len(results) - len(failed)} of {len(results)} slides done; "
-            f"summary in {out / 'summary.json'}"
+            f"summary in {out / 'summary.json'}, report in {out / 'report.html'}"
         )
+    for r in results:
+        if r.status != "failed":
+            _warn(r.slide, r.warnings)
     for r in failed:
         click.echo(f"wsi-infer: error: {r.error}", err=True)
     if failed:
