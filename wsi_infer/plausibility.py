@@ -253,8 +253,7 @@ def make_probe(slide: Any, backend: Any, params: Any, centres: NDArray[np.float6
     post-processing and returns the median area (µm²) of the nuclei that do not
     touch a tile's border, and their number.
     """
-    from wsi_infer.postprocess import logits_to_maps, segment
-    from wsi_infer.predict import normalise
+    from wsi_infer.postprocess import segment
     from wsi_infer.reader import GridReader
 
     cfg = backend.config
@@ -269,8 +268,8 @@ def make_probe(slide: Any, backend: Any, params: Any, centres: NDArray[np.float6
         ]
         areas: list[NDArray[np.int64]] = []
         for k in range(0, len(tiles), params.batch_size):
-            batch = normalise(np.stack(tiles[k : k + params.batch_size]), cfg.mean, cfg.std)
-            for m in logits_to_maps(backend(batch)):
+            # uint8 tiles in, the compact maps out (normalised inside the model's graph)
+            for m in backend(np.stack(tiles[k : k + params.batch_size])):
                 labels = segment(m, params.post)
                 counts = np.bincount(labels.ravel())
                 edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
