@@ -168,14 +168,14 @@ def test_a_sparse_tiff_declaring_a_million_pixels_a_side_is_refused_before_work(
     )
 
 
-@pytest.mark.parametrize("tile", ["4096", "100000"])
+@pytest.mark.parametrize("tile", ["8192", "99968"])
 def test_a_batch_that_cannot_fit_in_memory_is_refused(
     crop: Path, tmp_path: Path, tile: str
 ) -> None:
     from wsi_infer.bounds import batch_memory_bytes, memory_limit
-    from wsi_infer.config import ModelConfig
+    from wsi_infer.model import model_config
 
-    need, have = batch_memory_bytes(ModelConfig(), int(tile), 2), memory_limit("cpu")
+    need, have = batch_memory_bytes(model_config("default"), int(tile), 2), memory_limit("cpu")
     if have is None or need <= have:
         pytest.skip(f"this machine has {have} bytes, enough for {need}")
     line = refused(

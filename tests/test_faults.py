@@ -75,7 +75,8 @@ def test_damaged_slide_in_a_batch(
     assert summary["good.svs"]["status"] == "complete"
     assert summary["cut.svs"]["status"] == "failed"
     assert str(cut) in summary["cut.svs"]["error"]
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("wsi-infer: warning:")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
     store = out / "cut.zarr"
     if store.exists():
         assert zarr.open_group(str(store), mode="r").attrs["wsi_infer"]["status"] == "failed"

@@ -50,6 +50,8 @@ def command(slide: Path, out: Path) -> list[str]:
         "torch",
         "--tile-size",
         "256",
+        "--overlap",
+        "64",
         "--batch-size",
         "1",
         "-q",
@@ -137,7 +139,7 @@ def test_complete_store_is_skipped_and_other_parameters_refused(
     )
     assert again.returncode == 0 and "already complete" in again.stdout
     other = subprocess.run(
-        [*command(big_mosaic, reference), "--overlap", "32"],
+        [*command(big_mosaic, reference), "--overlap", "0"],
         capture_output=True,
         text=True,
         timeout=300,

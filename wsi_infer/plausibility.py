@@ -57,6 +57,12 @@ FALLBACK_AREA_UM2: tuple[float, float, float] = (2.9, 15.1, 59.2)
 #: The median nucleus area may lie between these multiples of the training median.
 AREA_RATIO_LOW = 0.5
 AREA_RATIO_HIGH = 2.5
+#: Within these multiples a median is taken as it is; between them and the outer band above
+#: (a model may merge the small nuclei of a wrong resolution into blobs of plausible size)
+#: a warning needs a probe that finds a resolution fitting training better.
+AREA_RATIO_SURE = (0.65, 1.45)
+#: How much closer (a factor) a probed resolution must bring the median to count as better.
+PROBE_BETTER = 1.3
 #: Fewer nuclei than this say nothing about their size or classes.
 MIN_NUCLEI = 50
 #: Tissue below this share of the slide is "almost none".
@@ -132,15 +138,37 @@ def assess(
     findings: list[Finding] = []
     n = len(areas)
     (p5, p50, p95), source = reference_areas(config)
+    reference = (p5, p50, p95)
     if n >= MIN_NUCLEI:
         median = float(np.median(areas))
         ratio = median / p50
+        head = (
+            f"median nucleus area {_fmt(median)} µm² is {ratio:.2g}x the median of {source} "
+            f"({_fmt(p50)} µm², 5th-95th percentile {_fmt(p5)}-{_fmt(p95)}): the slide's "
+            f"resolution is probably not {_fmt(mpp)} µm/px (from {mpp_source})"
+        )
+        figures: dict[str, float | None] = {"median_area_um2": median, "area_ratio": ratio}
         if not AREA_RATIO_LOW <= ratio <= AREA_RATIO_HIGH:
-            findings.append(
-                _area_finding(
-                    median, ratio, (p5, p50, p95), source, mpp, mpp_source, probe, candidates
-                )
-            )
+            findings.append(_area_finding(head, figures, reference, mpp, probe, candidates))
+        elif probe is not None and not AREA_RATIO_SURE[0] <= ratio <= AREA_RATIO_SURE[1]:
+            beat = abs(math.log(ratio)) - math.log(PROBE_BETTER)
+            found = _area_finding(head, figures, reference, mpp, probe, candidates, beat)
+            if found.suggested_mpp is not None:
+                findings.append(found)
+    elif (
+        n > 0
+        and probe is not None
+        and density_per_mm2 is not None
+        and density_per_mm2 < DENSITY_RANGE[0]
+    ):
+        # too few nuclei to judge their size: do others appear at another resolution?
+        head = (
+            f"only {n} nuclei found ({density_per_mm2:.0f} per mm² of tissue): the slide's "
+            f"resolution is probably not {_fmt(mpp)} µm/px (from {mpp_source})"
+        )
+        found = _area_finding(head, {"nuclei": n}, reference, mpp, probe, candidates, math.inf)
+        if found.suggested_mpp is not None:
+            findings.append(found)
     if tissue_fraction is not None and tissue_fraction < MIN_TISSUE_FRACTION:
         findings.append(
             Finding(
@@ -182,22 +210,18 @@ def assess(
 
 
 def _area_finding(
-    median: float,
-    ratio: float,
+    head: str,
+    figures: dict[str, float | None],
     reference: tuple[float, float, float],
-    source: str,
     mpp: float,
-    mpp_source: str,
     probe: Probe | None,
     candidates: Sequence[float],
+    beat: float | None = None,
 ) -> Finding:
-    p5, p50, p95 = reference
-    head = (
-        f"median nucleus area {_fmt(median)} µm² is {ratio:.2g}x the median of {source} "
-        f"({_fmt(p50)} µm², 5th-95th percentile {_fmt(p5)}-{_fmt(p95)}): the slide's "
-        f"resolution is probably not {_fmt(mpp)} µm/px (from {mpp_source})"
-    )
-    figures: dict[str, float | None] = {"median_area_um2": median, "area_ratio": ratio, "mpp": mpp}
+    """A ``nucleus_area`` finding; with ``beat`` (a log distance to the training median)
+    only a probed resolution closer than that is suggested, and every candidate is tried."""
+    _, p50, _ = reference
+    figures = {**figures, "mpp": mpp}
     best: tuple[float, float, float] | None = None  # (distance, mpp, median)
     tried: list[str] = []
     if probe is not None:
@@ -211,9 +235,11 @@ def _area_finding(
             if not AREA_RATIO_LOW <= r <= AREA_RATIO_HIGH:
                 continue
             distance = abs(math.log(r))
+            if beat is not None and distance >= beat:
+                continue
             if best is None or distance < best[0]:
                 best = (distance, cand, cand_median)
-            if distance < math.log(PROBE_GOOD_ENOUGH):
+            if beat is None and distance < math.log(PROBE_GOOD_ENOUGH):
                 break
     if best is not None:
         _, cand, cand_median = best
