@@ -16,14 +16,8 @@ SHARED = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared data not found beside the repository: {SHARED}")
-    return SHARED
-
-
-@pytest.fixture(scope="session")
-def shared_or_skip() -> Path:
-    """The shared data for tests that can do without it: skipped, with the reason, when absent."""
+    """The project's shared data (real slides, broken files, labelled nuclei), which a clone of
+    the repository does not have: tests that need it are skipped, with the reason, without it."""
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found beside the repository ({SHARED}): real slides needed")
     return SHARED
