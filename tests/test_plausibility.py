@@ -305,3 +305,40 @@ def test_the_report_opens_in_headless_chromium(batch: Path, tmp_path: Path) -> N
     )
     with Image.open(tmp_path / "cli.png") as im:
         assert im.size == (1400, 600)
+
+
+def test_a_median_inside_the_outer_band_warns_only_when_a_probe_fits_better() -> None:
+    """Between the inner and the outer band (a model may merge the nuclei of a too-fine --mpp
+    into blobs of plausible size) only a resolution that fits training better is a warning;
+    too few nuclei at a low density are probed likewise."""
+    config = ModelConfig(train_area_um2=(5.0, 20.0, 70.0))
+    common = {
+        "type_prob": np.full(100, 0.9),
+        "n_classes": 5,
+        "tissue_fraction": 0.5,
+        "config": config,
+        "mpp": 0.125,
+        "mpp_source": "--mpp",
+        "candidates": [0.25, 0.0625, 0.5],
+    }
+    blobs = np.full(100, 32.0)  # 1.6x the training median: inside 0.5..2.5x
+    medians = {0.25: 26.0, 0.0625: 60.0, 0.5: 21.0}
+    (found,) = assess(
+        areas=blobs,
+        density_per_mm2=3000.0,
+        probe=lambda mpp: (medians[mpp], 200),
+        **common,
+    )
+    assert found.code == "nucleus_area" and found.suggested_mpp == 0.5  # all tried, closest
+    assert "run again with --mpp 0.5" in found.message
+    # nothing fits 1.3x better (26/20 = 1.3x vs 1.6x), so nothing is said
+    assert assess(areas=blobs, density_per_mm2=3000.0, probe=lambda m: (26.0, 200), **common) == []
+    # inside the inner band the probe is not even run
+    assert assess(areas=np.full(100, 25.0), density_per_mm2=3000.0, probe=None, **common) == []
+
+    few = assess(
+        areas=np.full(10, 6.0), density_per_mm2=150.0, probe=lambda m: (19.0, 40), **common
+    )
+    assert [f.code for f in few] == ["nucleus_area", "density"]
+    assert few[0].message.startswith("only 10 nuclei found (150 per mm² of tissue)")
+    assert few[0].suggested_mpp == 0.25
