@@ -108,13 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sizes = args.tile_sizes or [loaded.config.tile_size]
             bad = [t for t in sizes if t % loaded.config.input_multiple]
-            if bad:
+            if bad:  # named after the flag; profile_for checks the same for API callers
                 raise ValueError(
                     f"--tile-sizes {bad} are not multiples of the model's input multiple "
                     f"{loaded.config.input_multiple}"
                 )
             lo, opt, hi, t0, t1, t2 = profile_for(
                 loaded.config.tile_size,
+                multiple=loaded.config.input_multiple,
                 min_batch=args.min_batch,
                 opt_batch=min(max(args.opt_batch, args.min_batch), args.max_batch),
                 max_batch=args.max_batch,

@@ -142,11 +142,13 @@ def profile_for(
     tile_size: int | None = None,
     min_tile: int | None = None,
     max_tile: int | None = None,
+    multiple: int = 32,
 ) -> tuple[int, int, int, int, int, int]:
     """The validated profile ``(min_batch, opt_batch, max_batch, min_tile, opt_tile, max_tile)``.
 
     Tile edges default to ``tile_size`` (itself the model config's ``config_tile`` when
-    ``None``); ``tile_size`` is widened into ``min_tile..max_tile`` when given apart.
+    ``None``); ``tile_size`` is widened into ``min_tile..max_tile`` when given apart.  Every
+    edge must be a multiple of ``multiple``: the model config's ``input_multiple``.
     """
     opt_tile = tile_size or config_tile
     lo_tile = min_tile or opt_tile
@@ -155,12 +157,12 @@ def profile_for(
         raise ValueError(
             f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch, opt_batch, max_batch}"
         )
-    if not 32 <= lo_tile <= opt_tile <= hi_tile or any(
-        t % 32 for t in (lo_tile, opt_tile, hi_tile)
+    if not multiple <= lo_tile <= opt_tile <= hi_tile or any(
+        t % multiple for t in (lo_tile, opt_tile, hi_tile)
     ):
         raise ValueError(
-            "tiles must be multiples of 32 with min <= opt <= max, "
-            f"got {lo_tile, opt_tile, hi_tile}"
+            f"tiles must be multiples of {multiple} (the model's input multiple) with "
+            f"min <= opt <= max, got {lo_tile, opt_tile, hi_tile}"
         )
     return min_batch, opt_batch, max_batch, lo_tile, opt_tile, hi_tile
 
@@ -200,6 +202,7 @@ def build_tensorrt_engine(
     contract = read_onnx_contract(onnx_file)
     profile = profile_for(
         contract.config.tile_size,
+        multiple=contract.config.input_multiple,
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,
