@@ -1,8 +1,23 @@
-"""Comparison helpers for result stores (shared by tests)."""
+"""Helpers shared by tests: the command line in this process, comparison of result stores."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+
+def invoke(*args: str | Path) -> tuple[int, str, str]:
+    """Run ``wsi-infer ARGS`` in this process: exit code, stdout, stderr (exceptions other
+    than a usage exit are raised, so a traceback fails the test)."""
+    from click.testing import CliRunner
+
+    from wsi_infer.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
 
 
 def assert_same_store(a: object, b: object, min_nuclei: int = 100) -> None:

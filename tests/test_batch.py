@@ -8,16 +8,7 @@ from pathlib import Path
 
 import pytest
 import zarr
-from click.testing import CliRunner
-
-from wsi_infer.cli import main
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+from helpers import invoke
 
 
 def test_batch_of_good_and_bad_slides(shared: Path, tiny_model: Path, tmp_path: Path) -> None:

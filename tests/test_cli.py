@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 import zarr
-from click.testing import CliRunner
+from helpers import invoke
 
 from wsi_infer import __version__
-from wsi_infer.cli import main
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_version_and_help() -> None:

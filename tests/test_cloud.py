@@ -20,10 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
-from helpers import assert_same_store
-
-from wsi_infer.cli import main
+from helpers import assert_same_store, invoke
 
 pytest.importorskip("s3fs", reason="the cloud extra (s3fs) is not installed")
 pytest.importorskip("moto.server", reason="moto[server] is not installed")
@@ -102,13 +99,6 @@ def get(url: str) -> bytes:
 
     bucket, _, key = url.removeprefix("s3://").partition("/")
     return bytes(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_line_error(code: int, stderr: str, *needles: str) -> None:

@@ -22,11 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
-from helpers import assert_same_store
+from helpers import assert_same_store, invoke
 from numpy.typing import NDArray
 
-from wsi_infer.cli import main
 from wsi_infer.config import ModelConfig
 from wsi_infer.errors import IdentityMismatchError
 from wsi_infer.identity import slide_identity
@@ -48,13 +46,6 @@ from export.onnx_export import (  # noqa: E402
 #: to be killed midway.
 ONNX_RUN = ("--backend", "onnxruntime", "--tile-size", "64", "--overlap", "0")
 ONNX_RUN += ("--batch-size", "1", "--no-tissue-mask", "-q")
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_line_error(code: int, stderr: str, *needles: str) -> str:

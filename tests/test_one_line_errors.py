@@ -17,17 +17,9 @@ from pathlib import Path
 
 import pytest
 import zarr
-from click.testing import CliRunner
+from helpers import invoke
 
-from wsi_infer.cli import main
 from wsi_infer.verify import check_complete
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_line_error(code: int, stderr: str, *needles: str | Path) -> str:

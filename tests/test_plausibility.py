@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
+from helpers import invoke
 
 from benchmarks import report_screenshot
 from benchmarks.report_screenshot import find_chromium, screenshot
-from wsi_infer.cli import main
 from wsi_infer.config import ModelConfig
 from wsi_infer.plausibility import FALLBACK_AREA_UM2, assess, candidate_mpps, reference_areas
 
@@ -39,13 +38,6 @@ CASES: dict[str, tuple[str, int, float | None, float | None]] = {
     "tcga-at-1": ("tcga", 192, 1.0, None),
     "tcga-at-0.5": ("tcga", 448, 0.5, 1.0),
 }
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # ------------------------------------------------------------------------- the rules alone

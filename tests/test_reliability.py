@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 import zarr
-from click.testing import CliRunner
-from helpers import assert_same_store
+from helpers import assert_same_store, invoke
 
-from wsi_infer.cli import main
 from wsi_infer.lock import lock_path
 from wsi_infer.verify import check_complete
 
@@ -55,13 +53,6 @@ def command(slide: Path | str, out: Path | str, *extra: str) -> list[str]:
 
 def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, check=False)
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_line_error(code: int, stderr: str, *needles: str) -> str:

@@ -17,23 +17,15 @@ import numpy as np
 import pytest
 import shapely
 import zarr
-from click.testing import CliRunner
+from helpers import invoke
 from numpy.typing import NDArray
 
-from wsi_infer.cli import main
 from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES
 from wsi_infer.geojson import _Band
 from wsi_infer.store import ATTR, append_table, create_store, read_table
 from wsi_infer.verify import seal_complete
 
 CHUNK = 64
-
-
-def invoke(*args: str | Path) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # --------------------------------------------------------------------------- known labels
