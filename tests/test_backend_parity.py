@@ -24,7 +24,7 @@ def test_onnx_file_gives_the_nuclei_of_the_torch_backend(
     precision: str,
     min_pq: float,
 ) -> None:
-    from export import export_onnx
+    from wsi_infer.export import export_onnx
 
     slide = make_slide("parity.tif", he_mosaic, mpp=0.25)
     onnx_file = tmp_path / f"default-{precision}.onnx"

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import bench
-from benchmarks.make_slide import (
+from wsi_infer.benchmarks import bench
+from wsi_infer.benchmarks.make_slide import (
     PatchBank,
     SlideSpec,
     level_shapes,

@@ -16,7 +16,9 @@ pytest.importorskip("onnxscript")
 
 import torch  # noqa: E402
 
-from export import (  # noqa: E402
+from wsi_infer.config import ModelConfig  # noqa: E402
+from wsi_infer.errors import BackendUnavailableError, CheckpointError  # noqa: E402
+from wsi_infer.export import (  # noqa: E402
     TOLERANCES,
     ExportReport,
     ParityError,
@@ -24,11 +26,9 @@ from export import (  # noqa: E402
     export_onnx,
     read_onnx_contract,
 )
-from export.cli import main as export_main  # noqa: E402
-from export.cli import read_slide_tiles  # noqa: E402
-from export.onnx_export import _parity  # noqa: E402
-from wsi_infer.config import ModelConfig  # noqa: E402
-from wsi_infer.errors import BackendUnavailableError, CheckpointError  # noqa: E402
+from wsi_infer.export.cli import main as export_main  # noqa: E402
+from wsi_infer.export.cli import read_slide_tiles  # noqa: E402
+from wsi_infer.export.onnx_export import _parity  # noqa: E402
 from wsi_infer.model import NucleusSegFormer, file_sha256, load_model, save_checkpoint  # noqa: E402
 from wsi_infer.postprocess import logits_to_maps  # noqa: E402
 from wsi_infer.tilemaps import TileMaps  # noqa: E402

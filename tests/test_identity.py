@@ -33,7 +33,7 @@ from wsi_infer.model import file_sha256, resolve_checkpoint
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export.onnx_export import (  # noqa: E402
+from wsi_infer.export.onnx_export import (  # noqa: E402
     FORMAT_VERSION,
     META_CONFIG,
     META_FORMAT,

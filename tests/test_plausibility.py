@@ -24,8 +24,8 @@ import pytest
 import zarr
 from helpers import invoke
 
-from benchmarks import report_screenshot
-from benchmarks.report_screenshot import find_chromium, screenshot
+from wsi_infer.benchmarks import report_screenshot
+from wsi_infer.benchmarks.report_screenshot import find_chromium, screenshot
 from wsi_infer.config import ModelConfig
 from wsi_infer.plausibility import FALLBACK_AREA_UM2, assess, candidate_mpps, reference_areas
 

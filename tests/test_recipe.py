@@ -34,7 +34,7 @@ def test_the_run_makes_the_recipe_and_tensorrt_builds_for_its_tiles() -> None:
         "max_tile": 512,
     }
     # the profile TensorRT is given takes the run's uint8 tiles, not the config's 256 px
-    from export.tensorrt_build import profile_for, profile_shapes
+    from wsi_infer.export.tensorrt_build import profile_for, profile_shapes
 
     profile = profile_for(
         256, **{k: v for k, v in opts.items() if k not in ("cache_dir", "precision")}
@@ -45,7 +45,7 @@ def test_the_run_makes_the_recipe_and_tensorrt_builds_for_its_tiles() -> None:
 
 
 def test_bad_profiles_and_recipes_are_refused() -> None:
-    from export.tensorrt_build import profile_for
+    from wsi_infer.export.tensorrt_build import profile_for
 
     with pytest.raises(ValueError, match="multiples of 32"):
         profile_for(256, tile_size=500)
@@ -62,7 +62,7 @@ def test_bad_profiles_and_recipes_are_refused() -> None:
 def test_export_cli_takes_tile_sizes_and_batch_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from export.cli import build_parser, main
+    from wsi_infer.export.cli import build_parser, main
 
     args = build_parser().parse_args(
         [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.augment import Augmenter, hed_jitter, random_scaled_crop
+from wsi_infer.training.augment import Augmenter, hed_jitter, random_scaled_crop
 
 
 def synthetic(n: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

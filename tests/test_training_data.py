@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import PANNUKE_PATCHES
 
-from training.data import (
+from wsi_infer.training.data import (
     IGNORE_INDEX,
     FolderSource,
     PanNukeFold,

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.data import IGNORE_INDEX
-from training.losses import LossWeights, NucleusLoss, dice_loss, distance_losses, tversky_loss
+from wsi_infer.training.data import IGNORE_INDEX
+from wsi_infer.training.losses import (
+    LossWeights,
+    NucleusLoss,
+    dice_loss,
+    distance_losses,
+    tversky_loss,
+)
 
 
 def test_tversky_weights_false_positives_by_alpha() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from training.metrics import (
+from wsi_infer.training.metrics import (
     ScoreBoard,
     aji,
     binarize,

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.augment import Augmenter
-from training.data import CropBatchSampler, FolderSource, PatchDataset, group_of, split_by_group
-from training.tune import nucleus_area_percentiles
 from wsi_infer.compare import compare_labels
+from wsi_infer.training.augment import Augmenter
+from wsi_infer.training.data import (
+    CropBatchSampler,
+    FolderSource,
+    PatchDataset,
+    group_of,
+    split_by_group,
+)
+from wsi_infer.training.tune import nucleus_area_percentiles
 
 
 def _write_folder(root: Path, shapes: dict[str, tuple[int, int]], mpp: list[float]) -> None:

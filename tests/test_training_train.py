@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.baseline import segment_classical
-from training.cli import eval_main, train_main
-from training.data import FolderSource
-from training.metrics import get_fast_pq
 from wsi_infer.model import load_model
+from wsi_infer.training.baseline import segment_classical
+from wsi_infer.training.cli import eval_main, train_main
+from wsi_infer.training.data import FolderSource
+from wsi_infer.training.metrics import get_fast_pq
 
 TINY = [
     "--arch",
@@ -141,7 +141,7 @@ def test_baseline_finds_nuclei_on_real_patches(shared: Path, tmp_path: Path) -> 
 
 
 def test_cosine_schedule_warms_up_then_decays_to_one_percent() -> None:
-    from training.loop import cosine_factor
+    from wsi_infer.training.loop import cosine_factor
 
     assert cosine_factor(0.0, 0.1) == pytest.approx(0.01)
     assert cosine_factor(0.05, 0.1) == pytest.approx(0.5)
@@ -221,8 +221,8 @@ def test_tune_stores_the_engine_tiles_chosen_for_a_model(
     """``wsi-infer-tune CKPT --tile-size --overlap --no-search``: the engine's default tiles are
     written into the config (and the float16 export), where the engine reads them; a size off
     the model's attention grid is refused in one line and leaves the checkpoint as it was."""
-    from training.cli import tune_main
     from wsi_infer.params import RunParams
+    from wsi_infer.training.cli import tune_main
 
     base = ["--pannuke", str(pannuke_root), "--train-folds", "3", *TINY, "--max-steps", "1"]
     assert (

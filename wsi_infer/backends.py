@@ -211,7 +211,7 @@ def _onnx_for(model: str | Path, *, fp16: bool, cache_dir: str | Path | None) ->
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model not found")
         return path, str(path)
-    from export.onnx_export import cached_onnx
+    from wsi_infer.export.onnx_export import cached_onnx
     from wsi_infer.model import resolve_checkpoint
 
     ckpt = resolve_checkpoint(model)
@@ -248,7 +248,7 @@ class OnnxRuntimeBackend:
             raise BackendUnavailableError(
                 f"the onnxruntime backend needs onnxruntime ({exc}); {ONNX_HINT}"
             ) from exc
-        from export.onnx_export import read_onnx_contract
+        from wsi_infer.export.onnx_export import read_onnx_contract
 
         kind, index = _parse_device(device)
         available = ort.get_available_providers()
@@ -268,7 +268,7 @@ class OnnxRuntimeBackend:
             chosen: list[Any] = []
             if want_gpu:
                 if "TensorrtExecutionProvider" in available and _has_module("tensorrt"):
-                    from export.cache import resolve_cache_dir
+                    from wsi_infer.export.cache import resolve_cache_dir
 
                     trt_cache = str(resolve_cache_dir(cache_dir, "ort-tensorrt"))
                     chosen.append(
@@ -409,7 +409,7 @@ class TensorRTBackend:
         max_tile: int | None = None,
         precision: str | None = None,
     ) -> None:
-        from export.tensorrt_build import (
+        from wsi_infer.export.tensorrt_build import (
             build_tensorrt_engine,
             gpu_name,
             import_tensorrt,
@@ -573,7 +573,7 @@ def _has_module(name: str) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    from export.cache import sha256_file
+    from wsi_infer.export.cache import sha256_file
 
     return sha256_file(path)
 

@@ -297,7 +297,7 @@ def model_config(model: str | Path) -> ModelConfig:
     read without loading weights."""
     path = Path(model)
     if path.suffix.lower() == ".onnx" and path.is_file():
-        from export.onnx_export import read_onnx_contract
+        from wsi_infer.export.onnx_export import read_onnx_contract
 
         return read_onnx_contract(path).config
     return ModelConfig.from_json(resolve_checkpoint(model) / CONFIG_FILE)

@@ -66,7 +66,7 @@ def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).absolute()
-    from export.cache import default_cache_dir
+    from wsi_infer.export.cache import default_cache_dir
 
     return default_cache_dir() / "slides"
 

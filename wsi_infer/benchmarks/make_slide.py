@@ -15,7 +15,7 @@ tifffile as an iterator of tiles: memory depends on the slide's width, never its
 area; the reduced levels are accumulated in a temporary memory-mapped file beside
 the output.
 
-``python -m benchmarks.make_slide OUT.tif --size 20000 --seed 0``
+``python -m wsi_infer.benchmarks.make_slide OUT.tif --size 20000 --seed 0``
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ CELL = PATCH - FEATHER
 FIELD_MAX = 1024
 GLASS_RGB = (242.0, 241.0, 239.0)
 #: The project's labelled nuclei (real H&E at 40x), beside the repository.
-DEFAULT_NUCLEI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei"
+DEFAULT_NUCLEI_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "nuclei"
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 
 #: Feathering weights along one axis of a patch: neighbours' weights sum to 1.
@@ -529,7 +529,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.make_slide",
+        prog="python -m wsi_infer.benchmarks.make_slide",
         description="Write a realistic synthetic H&E whole-slide image (pyramidal JPEG TIFF).",
     )
     p.add_argument("out", type=Path, help="output .tif")

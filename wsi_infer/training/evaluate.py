@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from training.data import Sample, Source, normalise_image
-from training.metrics import ScoreBoard, score_image
 from wsi_infer.config import ModelConfig
 from wsi_infer.postprocess import PostprocessParams, instance_types, logits_to_maps, segment
+from wsi_infer.training.data import Sample, Source, normalise_image
+from wsi_infer.training.metrics import ScoreBoard, score_image
 
 __all__ = [
     "Prediction",

@@ -23,7 +23,7 @@ Measured for each design: agreement of the nuclei found at tile sizes T and 2T
 tiles of T on labelled images; and the model's CPU seconds per output megapixel at
 T (the price of overlap and flips).  Post-processing: the model's own.
 
-``python -m benchmarks.context --model runs/x/best --slides S1 S2 --val-data DIR...``
+``python -m wsi_infer.benchmarks.context --model runs/x/best --slides S1 S2 --val-data DIR...``
 """
 
 from __future__ import annotations
@@ -134,9 +134,9 @@ def study(
     val_sources: Sequence[Any],
     tile: int,
 ) -> list[dict[str, Any]]:
-    from training.metrics import ScoreBoard, score_image
     from wsi_infer.compare import compare_labels
     from wsi_infer.postprocess import PostprocessParams, instance_types, segment
+    from wsi_infer.training.metrics import ScoreBoard, score_image
 
     results = []
     for d in designs:
@@ -183,8 +183,8 @@ def study(
 
 def _val_sources(data: Sequence[Path], checkpoint: str) -> list[Any]:
     """The validation split recorded in the checkpoint's config, of each training folder."""
-    from training.data import FolderSource, Subset, group_of
     from wsi_infer.model import model_config
+    from wsi_infer.training.data import FolderSource, Subset, group_of
 
     config = model_config(checkpoint)
     recorded = config.extra.get("val_split", {})
@@ -197,7 +197,7 @@ def _val_sources(data: Sequence[Path], checkpoint: str) -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.context", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m wsi_infer.benchmarks.context", description=__doc__)
     p.add_argument("--model", required=True, help="checkpoint trained with windowed attention")
     p.add_argument("--baseline", help="a checkpoint trained with global attention, for reference")
     p.add_argument("--slides", type=Path, nargs="+", required=True)

@@ -5,7 +5,7 @@ else equal: model, backend, overlap, post-processing) and the two nucleus label
 images are compared with :func:`wsi_infer.compare.compare_labels`: nuclei
 matched one to one at IoU > 0.5, agreement ``2 * matched / (n_a + n_b)``.
 
-``python -m benchmarks.tile_invariance SLIDE [SLIDE ...] --tiles 512 1024 [--model default]``
+``python -m wsi_infer.benchmarks.tile_invariance SLIDE [SLIDE ...] --tiles 512 1024 [--model default]``
 writes a JSON report (``--out``) and prints a table.
 """
 
@@ -82,7 +82,9 @@ def tile_invariance(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tile_invariance", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m wsi_infer.benchmarks.tile_invariance", description=__doc__
+    )
     p.add_argument("slides", type=Path, nargs="+")
     p.add_argument("--tiles", type=int, nargs="+", default=None, help="default: model tile and 2x")
     p.add_argument("--model", default="default")

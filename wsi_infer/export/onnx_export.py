@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from export.cache import resolve_cache_dir, sha256_file
 from wsi_infer.config import ModelConfig
 from wsi_infer.errors import BackendUnavailableError, CheckpointError, WsiInferError
+from wsi_infer.export.cache import resolve_cache_dir, sha256_file
 
 if TYPE_CHECKING:
     import onnx

@@ -71,7 +71,7 @@ class Sample:
     name: str = ""
 
 
-#: ``(image, inst, types, rng) -> (image, inst, types)``, see :class:`training.augment.Augmenter`.
+#: ``(image, inst, types, rng) -> (image, inst, types)``, see :class:`wsi_infer.training.augment.Augmenter`.
 AugmentFn = Callable[
     [NDArray[np.uint8], NDArray[np.uint32], NDArray[np.uint8], np.random.Generator],
     tuple[NDArray[np.uint8], NDArray[np.uint32], NDArray[np.uint8]],
@@ -469,7 +469,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     random crop.  With several crop sizes, an image at least as large as a size
     may be cut at that size; smaller images use the smallest.  ``augment(crop)``
     returns a callable ``(image, inst, types, rng) -> (image, inst, types)``
-    producing ``crop x crop`` arrays (see :class:`training.augment.Augmenter`).
+    producing ``crop x crop`` arrays (see :class:`wsi_infer.training.augment.Augmenter`).
     """
 
     def __init__(

@@ -18,9 +18,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from training.data import Sample
-from training.evaluate import Prediction, Predictor
 from wsi_infer.postprocess import finish_labels
+from wsi_infer.training.data import Sample
+from wsi_infer.training.evaluate import Prediction, Predictor
 
 __all__ = ["BaselineParams", "baseline_predictor", "segment_classical"]
 
@@ -75,7 +75,7 @@ def segment_classical(
 
 
 def baseline_predictor(params: BaselineParams = DEFAULT_BASELINE) -> Predictor:
-    """A predictor for :func:`training.evaluate.evaluate`."""
+    """A predictor for :func:`wsi_infer.training.evaluate.evaluate`."""
 
     def predict(samples: list[Sample]) -> list[Prediction]:
         out: list[Prediction] = []

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
 from wsi_infer.errors import WsiInferError
+from wsi_infer.export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
 
 __all__ = ["build_parser", "main", "read_slide_tiles"]
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_model(args.model)
         profile: dict[str, Any] = {}
         if args.tensorrt is not None:
-            from export.tensorrt_build import profile_for
+            from wsi_infer.export.tensorrt_build import profile_for
 
             sizes = args.tile_sizes or [loaded.config.tile_size]
             bad = [t for t in sizes if t % loaded.config.input_multiple]
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         sys.stdout.write(_report_lines(report) + "\n")
         if args.tensorrt is not None:
-            from export.tensorrt_build import build_tensorrt_engine
+            from wsi_infer.export.tensorrt_build import build_tensorrt_engine
 
             engine = build_tensorrt_engine(
                 args.onnx, args.tensorrt, fp16=True, timing_cache=args.timing_cache, **profile

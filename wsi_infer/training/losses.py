@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data import IGNORE_INDEX
+from wsi_infer.training.data import IGNORE_INDEX
 
 __all__ = [
     "LossWeights",

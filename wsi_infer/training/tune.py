@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from training.data import Sample, Source
-from training.evaluate import maps_to_prediction, predict_maps
-from training.metrics import ScoreBoard, score_image
 from wsi_infer.config import ModelConfig
 from wsi_infer.postprocess import PostprocessParams
+from wsi_infer.training.data import Sample, Source
+from wsi_infer.training.evaluate import maps_to_prediction, predict_maps
+from wsi_infer.training.metrics import ScoreBoard, score_image
 
 __all__ = ["SEARCH_SPACE", "apply_postprocess", "nucleus_area_percentiles", "tune_postprocess"]
 

@@ -110,7 +110,7 @@ tail -n 3 "$OUT/gpu-tests.txt" >&2
 
 # 4. the slide
 log "writing a ${SIZE} px slide from the bundled sample"
-python3 -m benchmarks.tiled_slide "$WORK/slide.tif" --size "$SIZE" > /dev/null
+python3 -m wsi_infer.benchmarks.tiled_slide "$WORK/slide.tif" --size "$SIZE" > /dev/null
 
 # 5. the benchmark, with GPU utilisation sampled
 SAMPLER=""
@@ -120,7 +120,7 @@ if [[ "$DRY" != 1 ]] && command -v nvidia-smi > /dev/null; then
   SAMPLER=$!
 fi
 bench() {  # backend name
-  python3 -m benchmarks.bench --slide "$WORK/slide.tif" --model default --backend "$1" \
+  python3 -m wsi_infer.benchmarks.bench --slide "$WORK/slide.tif" --model default --backend "$1" \
     --device "$DEVICE" --tile-size 512 --batch-size "$BATCH" --workers "$THREADS" \
     --stage-seconds "$STAGE_S" --out-dir "$OUT" --name "gpu-$1" --no-plot
 }

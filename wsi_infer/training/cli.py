@@ -14,8 +14,8 @@ from typing import Any
 import click
 import torch
 
-from training.data import FolderSource, PanNukeFold, Source, group_of, split_by_group
 from wsi_infer.config import ARCHITECTURES
+from wsi_infer.training.data import FolderSource, PanNukeFold, Source, group_of, split_by_group
 
 __all__ = ["eval_main", "train_main", "tune_main"]
 
@@ -175,10 +175,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``wsi-infer-train``: returns the exit status."""
-    from training.loop import TrainSettings, train
-    from training.losses import LossWeights
     from wsi_infer.config import ModelConfig
     from wsi_infer.errors import CheckpointError
+    from wsi_infer.training.loop import TrainSettings, train
+    from wsi_infer.training.losses import LossWeights
 
     args = train_parser().parse_args(argv)
     _setup(args.threads, not args.quiet)
@@ -310,11 +310,11 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """``wsi-infer-eval``: returns the exit status."""
     import dataclasses
 
-    from training.baseline import baseline_predictor
-    from training.evaluate import evaluate, model_predictor
-    from training.metrics import jsonable
     from wsi_infer.model import load_model
     from wsi_infer.postprocess import PostprocessParams
+    from wsi_infer.training.baseline import baseline_predictor
+    from wsi_infer.training.evaluate import evaluate, model_predictor
+    from wsi_infer.training.metrics import jsonable
 
     args = eval_parser().parse_args(argv)
     _setup(args.threads, not args.quiet)
@@ -385,7 +385,7 @@ def tune_parser() -> argparse.ArgumentParser:
         "--tile-size",
         type=int,
         help="the engine's default tile size for this model (a multiple of its attention "
-        "window; choose it with python -m benchmarks.tile_invariance)",
+        "window; choose it with python -m wsi_infer.benchmarks.tile_invariance)",
     )
     p.add_argument("--overlap", type=int, help="the engine's default tile overlap, likewise")
     p.add_argument(
@@ -402,11 +402,11 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     """``wsi-infer-tune``: returns the exit status."""
     import dataclasses
 
-    from training.data import Subset
-    from training.loop import tune_checkpoint
-    from training.tune import nucleus_area_percentiles
     from wsi_infer.errors import CheckpointError
     from wsi_infer.model import load_model, save_checkpoint
+    from wsi_infer.training.data import Subset
+    from wsi_infer.training.loop import tune_checkpoint
+    from wsi_infer.training.tune import nucleus_area_percentiles
 
     args = tune_parser().parse_args(argv)
     _setup(args.threads, not args.quiet)

@@ -6,7 +6,7 @@ makes them (its predict path into an in-memory array; ``--maps`` reuses a saved
 margin).  On those windows:
 
 * :func:`wsi_infer.postprocess.segment` and the previous algorithm
-  (:mod:`benchmarks.segment_reference`) are timed by the CPU time of the thread
+  (:mod:`wsi_infer.benchmarks.segment_reference`) are timed by the CPU time of the thread
   running them (``time.thread_time``): megapixels of window per CPU-second, which
   is what "per core" means and stays meaningful on a busy machine;
 * the whole stage (:func:`wsi_infer.stitch.stitch`, one thread: segmentation,
@@ -16,7 +16,7 @@ margin).  On those windows:
   segmentation of the whole grid, for the model's post-processing parameters and
   with ``--min-marker-area`` pixels.
 
-``python -m benchmarks.segment_speed --slide wsi_infer/data/CMU-1-Small-Region.svs``
+``python -m wsi_infer.benchmarks.segment_speed --slide wsi_infer/data/CMU-1-Small-Region.svs``
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.bench import DEFAULT_OUT_DIR, machine_info, package_versions
-from benchmarks.segment_reference import segment_reference
+from wsi_infer.benchmarks.bench import DEFAULT_OUT_DIR, machine_info, package_versions
+from wsi_infer.benchmarks.segment_reference import segment_reference
 
 __all__ = ["main", "slide_maps", "speed"]
 
@@ -188,7 +188,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.segment_speed", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m wsi_infer.benchmarks.segment_speed", description=__doc__
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--slide", type=Path, help="slide whose tissue tiles the model predicts")
     src.add_argument("--maps", type=Path, help="saved maps (H, W, 4) uint8 .npy")

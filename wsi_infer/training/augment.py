@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-from training.data import relabel_sequential
+from wsi_infer.training.data import relabel_sequential
 
 __all__ = ["Augmenter", "hed_jitter", "random_scaled_crop"]
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from export.cache import resolve_cache_dir, sha256_file, slug
-from export.onnx_export import INPUT_NAME, read_onnx_contract
 from wsi_infer.errors import BackendUnavailableError, CheckpointError
+from wsi_infer.export.cache import resolve_cache_dir, sha256_file, slug
+from wsi_infer.export.onnx_export import INPUT_NAME, read_onnx_contract
 
 __all__ = [
     "TENSORRT_HINT",

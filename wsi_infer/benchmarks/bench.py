@@ -1,6 +1,6 @@
 """Stage-by-stage throughput of the engine on realistic synthetic slides.
 
-For each slide size (slides from :mod:`benchmarks.make_slide`, cached) and each
+For each slide size (slides from :mod:`wsi_infer.benchmarks.make_slide`, cached) and each
 number of dask workers, one subprocess runs :func:`wsi_infer.engine.run_slide`
 exactly as ``wsi-infer`` does (so peak RSS and CPU time are per run), then, on
 the same backend, tile selection and slide, measures each stage on its own:
@@ -31,7 +31,7 @@ time against tissue area (slope, intercept, R²) per worker count.
 Results go to ``--out-dir`` (``benchmarks/results/``) as ``bench-<UTC time>.json``
 (with machine info and package versions), ``.txt`` (the table) and ``.png`` (plots).
 
-``python -m benchmarks.bench --sizes 4096 8192 12288 16384 --workers 1 2``
+``python -m wsi_infer.benchmarks.bench --sizes 4096 8192 12288 16384 --workers 1 2``
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.make_slide import (
+from wsi_infer.benchmarks.make_slide import (
     DEFAULT_NUCLEI_DIR,
     SlideInfo,
     SlideSpec,
@@ -75,9 +75,9 @@ __all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child", "stage
 logger = logging.getLogger(__name__)
 
 SCHEMA = "wsi-infer-bench/1"
-#: The repository (or install) root, from which ``python -m benchmarks.bench`` imports.
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results"
+#: The repository (or install) root, from which ``python -m wsi_infer.benchmarks.bench`` imports.
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT_DIR = Path("benchmarks") / "results"
 DEFAULT_SLIDES_DIR = Path.home() / ".cache" / "wsi-infer" / "bench-slides"
 DEFAULT_SIZES = (4096, 8192, 12288, 16384)
 QUICK_SIZES = (768, 1024)
@@ -544,7 +544,14 @@ def _run_subprocess(cfg: RunConfig, work: Path, timeout: float | None) -> dict[s
     cfg_path = work / f"run-{cfg.size}-w{cfg.workers}.json"
     out_path = work / f"result-{cfg.size}-w{cfg.workers}.json"
     cfg_path.write_text(json.dumps(asdict(cfg)))
-    cmd = [sys.executable, "-m", "benchmarks.bench", "--child", str(cfg_path), str(out_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wsi_infer.benchmarks.bench",
+        "--child",
+        str(cfg_path),
+        str(out_path),
+    ]
     proc = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )

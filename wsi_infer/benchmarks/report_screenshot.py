@@ -1,6 +1,6 @@
 """The README's picture of ``report.html``: a batch of the shared slides, shot by headless Chromium.
 
-``python -m benchmarks.report_screenshot --run`` runs the batch the README shows with
+``python -m wsi_infer.benchmarks.report_screenshot --run`` runs the batch the README shows with
 the bundled model: regions of the shared slides (written as tiled TIFFs, with the
 slide's own resolution where it has one) at their resolutions, the whole CMU sample at a
 wrong ``--mpp 0.125`` (a region would be too small a piece of tissue at that
@@ -27,9 +27,9 @@ from pathlib import Path
 
 __all__ = ["find_chromium", "main", "run_batch", "screenshot"]
 
-logger = logging.getLogger("benchmarks.report_screenshot")
+logger = logging.getLogger("wsi_infer.benchmarks.report_screenshot")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: The shared data beside the repository (see its README).
 SHARED = REPO.parent / "shared" / "data"
 

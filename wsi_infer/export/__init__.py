@@ -14,8 +14,8 @@ with an install hint when missing.
 
 from __future__ import annotations
 
-from export.cache import default_cache_dir
-from export.onnx_export import (
+from wsi_infer.export.cache import default_cache_dir
+from wsi_infer.export.onnx_export import (
     DEFAULT_OPSET,
     META_CONFIG,
     META_PRECISION,
@@ -29,7 +29,7 @@ from export.onnx_export import (
     export_onnx,
     read_onnx_contract,
 )
-from export.tensorrt_build import EngineInfo, build_tensorrt_engine, read_engine_info
+from wsi_infer.export.tensorrt_build import EngineInfo, build_tensorrt_engine, read_engine_info
 
 __all__ = [
     "DEFAULT_OPSET",

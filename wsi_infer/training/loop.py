@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.augment import Augmenter
-from training.data import IGNORE_INDEX, CropBatchSampler, PatchDataset, Source
-from training.evaluate import evaluate, model_predictor
-from training.losses import LossWeights, NucleusLoss
-from training.metrics import jsonable
-from training.tune import nucleus_area_percentiles, tune_postprocess
 from wsi_infer.config import ModelConfig
 from wsi_infer.model import NucleusSegFormer, load_encoder_weights, save_checkpoint
 from wsi_infer.postprocess import PostprocessParams
+from wsi_infer.training.augment import Augmenter
+from wsi_infer.training.data import IGNORE_INDEX, CropBatchSampler, PatchDataset, Source
+from wsi_infer.training.evaluate import evaluate, model_predictor
+from wsi_infer.training.losses import LossWeights, NucleusLoss
+from wsi_infer.training.metrics import jsonable
+from wsi_infer.training.tune import nucleus_area_percentiles, tune_postprocess
 
 __all__ = ["TrainSettings", "class_weights_from", "plot_curves", "seed_everything", "train"]
 

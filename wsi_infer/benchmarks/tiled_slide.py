@@ -7,7 +7,7 @@ with zlib (the standard library's codec: no imagecodecs needed) strip by strip,
 so memory stays at one strip.  ``benchmarks/gpu_check.sh`` uses it on the
 device, where only the repository travels.
 
-``python -m benchmarks.tiled_slide OUT.tif --size 16384 [--mpp 0.25]``
+``python -m wsi_infer.benchmarks.tiled_slide OUT.tif --size 16384 [--mpp 0.25]``
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 __all__ = ["SAMPLE", "main", "tiled_slide"]
 
-SAMPLE = Path(__file__).resolve().parents[1] / "wsi_infer" / "data" / "CMU-1-Small-Region.svs"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "CMU-1-Small-Region.svs"
 TILE = 256
 
 
@@ -89,7 +89,9 @@ def _tiles(strips: Iterator[NDArray[np.uint8]], edge: int) -> Iterator[NDArray[n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tiled_slide", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m wsi_infer.benchmarks.tiled_slide", description=__doc__
+    )
     p.add_argument("out", type=Path)
     p.add_argument("--size", type=int, default=16384)
     p.add_argument("--mpp", type=float, default=0.25)
