@@ -14,8 +14,8 @@ import pytest
 import zarr
 
 from wsi_infer.backends import create_backend
-from wsi_infer.batch import BatchItem, run_batch
-from wsi_infer.engine import RunParams
+from wsi_infer.batch import BatchItem, BatchJob, run_batch
+from wsi_infer.options import RunOptions
 from wsi_infer.store import TABLE_COLUMNS
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,8 @@ def run_cluster_comparison(slides: list[BatchItem], tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
     backend = create_backend("torch", "default", threads=1)
-    params = RunParams(tile_size=256, batch_size=1, workers=1)
-    single = run_batch(slides, tmp_path / "single", backend, params)
+    options = RunOptions(tile_size=256, overlap=64, batch_size=1, threads=1)
+    single = run_batch(slides, tmp_path / "single", BatchJob(backend, options))
     assert [r.status for r in single] == ["complete", "complete"]
 
     killed: list[str] = []
@@ -77,7 +77,7 @@ def run_cluster_comparison(slides: list[BatchItem], tmp_path: Path) -> None:
 
         killer = threading.Thread(target=kill_one_worker_mid_job)
         killer.start()
-        results = run_batch(slides, out, backend, params, client=client)
+        results = run_batch(slides, out, BatchJob(backend, options, client=client))
         killer.join()
     assert killed, "no worker was killed"
     assert [r.status for r in results] == ["complete", "complete"]

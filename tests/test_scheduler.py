@@ -103,7 +103,7 @@ def _run_held(slide: Path, out: Path) -> tuple[_HeldBackend, list[str]]:
         tile_size=256,
         overlap=64,
         batch_size=2,
-        workers=2,
+        threads=2,
         label_chunk=128,
         window_cols=512,
         tissue=TissueParams(enabled=False),

@@ -33,9 +33,18 @@ from wsi_infer.errors import (
 from wsi_infer.events import EventLog, ProgressEvents
 from wsi_infer.location import RemotePath, StorePath, is_url, parse_location
 from wsi_infer.objectlock import store_lock
+from wsi_infer.options import RunOptions
 from wsi_infer.store import is_wsi_infer_store, refuse_inside_store
 
-__all__ = ["BatchItem", "SlideResult", "items_from_paths", "read_manifest", "run_batch"]
+__all__ = [
+    "BatchItem",
+    "BatchJob",
+    "SlideResult",
+    "items_from_paths",
+    "read_manifest",
+    "run_batch",
+    "run_one",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -188,32 +197,57 @@ def _csv_cell(value: Any) -> str:
     return text
 
 
-def run_one(
-    slide: Path | RemotePath,
-    store: StorePath,
-    backend: Backend,
-    params: RunParams,
-    *,
-    overwrite: bool = False,
-    progress: ProgressFactory | None = None,
-    client: Any = None,
-    log: EventLog | None = None,
-    geojson: bool = False,
-) -> RunSummary:
+@dataclass(frozen=True)
+class BatchJob:
+    """What every slide of a run shares: the model, the run's options (and the parameters
+    they make for the model), where progress and events go.
+
+    ``options`` are given whole (:class:`~wsi_infer.options.RunOptions`): a new option
+    reaches every slide without being passed along.
+    """
+
+    backend: Backend
+    options: RunOptions = field(default_factory=RunOptions)
+    overwrite: bool = False
+    progress: ProgressFactory | None = None
+    client: Any = None
+    log: EventLog = field(default_factory=lambda: EventLog(None))
+    #: The parameters the options make for the backend's model.
+    params: RunParams = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, RunOptions):
+            raise TypeError(f"options must be RunOptions, got {type(self.options).__name__}")
+        object.__setattr__(self, "params", self.options.params(self.backend.config))
+
+    def for_slide(self, mpp: float | None) -> BatchJob:
+        """The job for a slide whose resolution is given (a manifest's ``mpp``)."""
+        if mpp is None:
+            return self
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, mpp=mpp))
+
+
+def run_one(slide: Path | RemotePath, store: StorePath, job: BatchJob) -> RunSummary:
     """One slide, with its events logged (and its GeoJSON written); errors are logged, raised."""
-    log = log or EventLog(None)
+    log = job.log
     log.emit("slide_started", slide=str(slide), store=str(store))
 
     def tracked(total: int, stage: str) -> ProgressEvents:
-        bar = progress(total, stage) if progress else None
+        bar = job.progress(total, stage) if job.progress else None
         return ProgressEvents(bar, log, str(slide), stage, total)
 
     try:
         summary = run_slide(
-            slide, store, backend, params, overwrite=overwrite, progress=tracked, client=client
+            slide,
+            store,
+            job.backend,
+            job.params,
+            overwrite=job.overwrite,
+            progress=tracked,
+            client=job.client,
         )
-        if geojson:
-            write_geojson_beside(store, summary.status == "skipped", overwrite)
+        if job.options.geojson:
+            write_geojson_beside(store, summary.status == "skipped", job.overwrite)
     except WsiInferError as exc:
         log.emit("slide_failed", slide=str(slide), error=str(exc))
         raise
@@ -240,40 +274,18 @@ def strict_error(slide: Path | RemotePath, warnings: Sequence[str]) -> Plausibil
 
 
 def run_batch(
-    items: Sequence[BatchItem],
-    out_dir: StorePath,
-    backend: Backend,
-    params: RunParams,
-    *,
-    overwrite: bool = False,
-    progress: ProgressFactory | None = None,
-    client: Any = None,
-    log: EventLog | None = None,
-    geojson: bool = False,
-    strict: bool = False,
-    report: bool = True,
+    items: Sequence[BatchItem], out_dir: StorePath, job: BatchJob, *, report: bool = True
 ) -> list[SlideResult]:
     """Run every slide into ``out_dir/NAME.zarr``; failures are recorded, not raised.
 
     The folder is locked for the batch (``FOLDER/wsi-infer.lock``), each store
-    for its slide's run (``NAME.zarr.lock``).  ``strict`` fails slides whose
+    for its slide's run (``NAME.zarr.lock``).  ``job.options.strict`` fails slides whose
     results have plausibility warnings; ``report`` writes ``report.html`` at the end.
     """
     check_names(items)
     prepare_batch_folder(out_dir)
     with store_lock(out_dir, path=out_dir / BATCH_LOCK):
-        results = _run_items(
-            items,
-            out_dir,
-            backend,
-            params,
-            overwrite=overwrite,
-            progress=progress,
-            client=client,
-            log=log or EventLog(None),
-            geojson=geojson,
-            strict=strict,
-        )
+        results = _run_items(items, out_dir, job)
         if report:
             write_batch_report(out_dir, results)
     return results
@@ -289,38 +301,16 @@ def write_batch_report(out_dir: StorePath, results: Sequence[SlideResult]) -> No
         logger.warning("%s: cannot write report.html (%s)", out_dir, exc)
 
 
-def _run_items(
-    items: Sequence[BatchItem],
-    out_dir: StorePath,
-    backend: Backend,
-    params: RunParams,
-    *,
-    overwrite: bool,
-    progress: ProgressFactory | None,
-    client: Any,
-    log: EventLog,
-    geojson: bool,
-    strict: bool = False,
-) -> list[SlideResult]:
+def _run_items(items: Sequence[BatchItem], out_dir: StorePath, job: BatchJob) -> list[SlideResult]:
+    log = job.log
     write_summary(out_dir, [])  # a folder that cannot take the summary fails now, not at the end
     log.emit("batch_started", slides=len(items), out=str(out_dir))
     results: list[SlideResult] = []
     for item in items:
         store = out_dir / f"{item.name}.zarr"
-        slide_params = dataclasses.replace(params, mpp=item.mpp) if item.mpp else params
         t0 = time.perf_counter()
         try:
-            summary = run_one(
-                item.slide,
-                store,
-                backend,
-                slide_params,
-                overwrite=overwrite,
-                progress=progress,
-                client=client,
-                log=log,
-                geojson=geojson,
-            )
+            summary = run_one(item.slide, store, job.for_slide(item.mpp))
         except WsiInferError as exc:
             error: str | None = str(exc)
         except Exception as exc:  # a bug must not stop the batch, but it is reported in full
@@ -330,7 +320,7 @@ def _run_items(
         else:
             status = "skipped" if summary.status == "skipped" else "complete"
             error = None
-            if strict and summary.warnings:
+            if job.options.strict and summary.warnings:
                 status, error = "failed", str(strict_error(item.slide, summary.warnings))
                 log.emit("slide_failed", slide=str(item.slide), error=error)
             results.append(

@@ -459,7 +459,7 @@ def _run_stages(
 
     def predict() -> None:
         try:
-            execute(tasks, client, params.workers, predicted, resources)
+            execute(tasks, client, params.threads, predicted, resources)
         except BaseException as exc:
             tracker.fail(exc)
         else:

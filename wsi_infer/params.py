@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsi_infer.errors import ParameterError
+from wsi_infer.options import RunOptions
 from wsi_infer.postprocess import PostprocessParams
 from wsi_infer.tiling import TileGrid
 from wsi_infer.tissue import TissueParams
 
 __all__ = ["RunParams"]
 
+_DEFAULTS = RunOptions()
+
 
 @dataclass(frozen=True)
 class RunParams:
-    """Everything that shapes a run's output (recorded in the store), and its thread count."""
+    """Everything that shapes a run's output (recorded in the store), and its thread count.
+
+    Made for a model by :meth:`for_model` (or :meth:`wsi_infer.options.RunOptions.params`),
+    which fills in the model's tile size and overlap.  Built directly, the defaults of
+    :class:`~wsi_infer.options.RunOptions` apply, and 512 / 64 px tiles when not given.
+    """
 
     tile_size: int = 512
     overlap: int = 64
-    batch_size: int = 2
+    batch_size: int = _DEFAULTS.batch_size
     mpp: float | None = None
-    workers: int = 2
+    #: Threads per process reading tiles and post-processing (not in the fingerprint).
+    threads: int = _DEFAULTS.threads
     label_chunk: int = 512
     window_cols: int = 2048
     margin: int = 96
@@ -35,8 +43,8 @@ class RunParams:
                 f"tile size must be a multiple of 32 and at least 64, got {self.tile_size}"
             )
         TileGrid(1, 1, self.tile_size, self.overlap)  # validates overlap
-        if self.batch_size < 1 or self.workers < 1:
-            raise ValueError("batch size and workers must be at least 1")
+        if self.batch_size < 1 or self.threads < 1:
+            raise ValueError("batch size and threads must be at least 1")
         if self.margin < 8 or self.label_chunk < 64 or self.window_cols % self.label_chunk:
             raise ValueError(
                 "margin >= 8, label_chunk >= 64, window_cols a multiple of label_chunk"
@@ -87,7 +95,8 @@ class RunParams:
             )
 
     def output_defining(self) -> dict[str, Any]:
-        """The parameters the output depends on (not the thread count)."""
-        d = dataclasses.asdict(self)
-        d.pop("workers")
-        return d
+        """The parameters the output depends on: those of the resume fingerprint (all but
+        the ones :class:`~wsi_infer.options.RunOptions` marks otherwise: the thread count)."""
+        from wsi_infer.options import fingerprinted
+
+        return fingerprinted(self)

@@ -196,7 +196,7 @@ def stitch(
         timed = compute(
             *[delayed(_timed_window)(maps, c, params.margin, params.post) for c in cores],
             scheduler="threads",
-            num_workers=params.workers,
+            num_workers=params.threads,
         )
         parts = tuple(part for part, _, _ in timed)
         t0 = time.perf_counter()

@@ -66,6 +66,7 @@ from wsi_infer.benchmarks.make_slide import (
     make_slide,
     read_sidecar,
 )
+from wsi_infer.options import RunOptions
 
 if TYPE_CHECKING:
     pass
@@ -73,6 +74,9 @@ if TYPE_CHECKING:
 __all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child", "stage_accounting"]
 
 logger = logging.getLogger(__name__)
+
+#: The run's defaults, the same as ``wsi-infer run``'s.
+RUN_DEFAULTS = RunOptions()
 
 SCHEMA = "wsi-infer-bench/1"
 #: The repository (or install) root, from which ``python -m wsi_infer.benchmarks.bench`` imports.
@@ -314,7 +318,7 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
         tile_size=cfg.tile_size,
         overlap=cfg.overlap,
         batch_size=cfg.batch_size,
-        workers=cfg.workers,
+        threads=cfg.workers,
     )
     t_load = time.perf_counter()
     backend = create_backend(cfg.backend, cfg.model, device=cfg.device)
@@ -569,9 +573,9 @@ def run_benchmark(
     model: str,
     backend: str = "torch",
     device: str = "cpu",
-    tile_size: int = 512,
-    overlap: int = 64,
-    batch_size: int = 2,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = RUN_DEFAULTS.batch_size,
     slide_mpp: float | None = None,
     tissue_fraction: float = 0.4,
     seed: int = 0,
@@ -593,11 +597,15 @@ def run_benchmark(
     from wsi_infer.engine import RunParams
     from wsi_infer.reader import open_slide
 
-    RunParams(tile_size=tile_size, overlap=overlap, batch_size=batch_size)  # validate early
     started = datetime.now(UTC)
     machine = machine_info()
     checkpoint = _model_checkpoint(model, slides_dir.parent / "bench-models")
     model_cfg = _model_config(checkpoint, ModelConfig)
+    # tile size and overlap: the model's unless given (validated early)
+    params = RunParams.for_model(
+        model_cfg, tile_size=tile_size, overlap=overlap, batch_size=batch_size
+    )
+    tile_size, overlap = params.tile_size, params.overlap
     mpp = slide_mpp if slide_mpp is not None else model_cfg.mpp
     slides_dir.mkdir(parents=True, exist_ok=True)
     bank_args: dict[str, Any] = {"nuclei_dir": nuclei_dir, "max_groups": max_groups}
@@ -870,9 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sizes", type=int, nargs="+", help=f"slide edges in px {DEFAULT_SIZES}")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="dask workers (1 2)")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--tile-size", type=int, help="tile edge in px (the model's)")
+    p.add_argument("--overlap", type=int, help="tile overlap in px (the model's)")
+    p.add_argument("--batch-size", type=int, default=RUN_DEFAULTS.batch_size)
     p.add_argument(
         "--model",
         default="default",

@@ -59,7 +59,7 @@ def slide_maps(
     from wsi_infer.tissue import detect_tissue, read_thumbnail
 
     probe = BackendRecipe(backend_name, model, threads=threads).build()
-    params = RunParams.for_model(probe.config, tile_size=tile_size, workers=1)
+    params = RunParams.for_model(probe.config, tile_size=tile_size, threads=1)
     with open_slide(slide_path) as slide:
         mpp = resolve_mpp(slide, None)
         scale = _scale_for(mpp, probe.config.mpp)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         maps = np.load(args.maps)
         from wsi_infer.model import model_config
 
-        params = RunParams.for_model(model_config(args.model), tile_size=args.tile_size, workers=1)
+        params = RunParams.for_model(model_config(args.model), tile_size=args.tile_size, threads=1)
     else:
         maps, params, info = slide_maps(
             str(args.slide), args.backend, args.model, args.tile_size, args.threads

@@ -53,7 +53,7 @@ def tile_invariance(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for tile in tiles:
             params = RunParams.for_model(
-                engine.config, tile_size=tile, overlap=overlap, mpp=mpp, workers=threads
+                engine.config, tile_size=tile, overlap=overlap, mpp=mpp, threads=threads
             )
             out = Path(tmp) / f"tile{tile}.zarr"
             t0 = time.perf_counter()
