@@ -269,6 +269,7 @@ def test_a_store_left_creating_by_a_kill_is_made_again(prefix: str, crops: list[
     from wsi_infer.engine import RunParams, run_slide
     from wsi_infer.location import RemotePath
     from wsi_infer.store import _create_arrays
+    from wsi_infer.storeinfo import ModelRecord, SlideRecord, StoreInfo
     from wsi_infer.tissue import TissueParams
 
     backend = DarkNucleiBackend(mpp=0.5)
@@ -284,8 +285,14 @@ def test_a_store_left_creating_by_a_kill_is_made_again(prefix: str, crops: list[
         run_mpp=0.5,
         class_names=("a",),
         class_colours=((1, 2, 3),),
-        attrs={"model": {}, "slide": {}, "grid_shape": [7, 7], "run_mpp": 0.5, "grid_to_level0": 1},
-        status="creating",
+        info=StoreInfo(
+            model=ModelRecord(),
+            slide=SlideRecord(path="x.svs", mpp=0.5),
+            grid_shape=(7, 7),
+            run_mpp=0.5,
+            grid_to_level0=1,
+            status="creating",
+        ),
     )
     summary = run_slide(crops[0], out, backend, params)
     assert summary.status == "complete" and summary.nuclei > 0

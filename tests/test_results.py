@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES
 from wsi_infer.geojson import _Band
 from wsi_infer.store import ATTR, append_table, create_store, read_table
+from wsi_infer.storeinfo import ModelRecord, SlideRecord, StoreInfo, TissueRecord
 from wsi_infer.verify import seal_complete
 
 CHUNK = 64
@@ -85,18 +86,21 @@ def write_known_store(
     h, w = labels.shape
     tissue = np.zeros((h // 8, w // 8), bool)
     tissue[2:-2, 2:-2] = True
-    attrs: dict[str, Any] = {
-        "model": {
-            "name": "known",
-            "class_names": list(CLASS_NAMES),
-            "class_colours": [list(c) for c in CLASS_COLOURS],
-        },
-        "slide": {"path": str(slide or path.with_suffix(".svs")), "mpp": run_mpp / scale},
-        "run_mpp": run_mpp,
-        "grid_shape": [h, w],
-        "grid_to_level0": scale,
-        "tissue": {"mpp": run_mpp * 8, "fraction": float(tissue.mean())},
-    }
+    info = StoreInfo(
+        model=ModelRecord.of(
+            {
+                "name": "known",
+                "class_names": list(CLASS_NAMES),
+                "class_colours": [list(c) for c in CLASS_COLOURS],
+            }
+        ),
+        slide=SlideRecord(path=str(slide or path.with_suffix(".svs")), mpp=run_mpp / scale),
+        run_mpp=run_mpp,
+        grid_shape=(h, w),
+        grid_to_level0=scale,
+        tissue=TissueRecord(mpp=run_mpp * 8, fraction=float(tissue.mean())),
+        status="running",
+    )
     root = create_store(
         path,
         grid_shape=(h, w),
@@ -107,7 +111,7 @@ def write_known_store(
         run_mpp=run_mpp,
         class_names=CLASS_NAMES,
         class_colours=CLASS_COLOURS,
-        attrs=attrs,
+        info=info,
     )
     ids = np.arange(1, int(labels.max()) + 1)
     type_of = np.array([0, *[classes[int(i)] for i in ids]], np.uint8)
@@ -135,8 +139,7 @@ def write_known_store(
     if status == "complete":  # as the engine finishes a store: digests, then the status
         seal_complete(path, root, nuclei=len(ids))
     else:
-        info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
-        root.attrs[ATTR] = {**info, "status": status, "nuclei": len(ids)}
+        StoreInfo.read(root).updated(status=status, nuclei=len(ids)).write(root)
     return path
 
 

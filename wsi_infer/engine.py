@@ -68,7 +68,6 @@ from wsi_infer.resume import existing_store, fingerprint, slide_record
 from wsi_infer.scheduler import Call, predict_priority
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
-    ATTR,
     append_table,
     build_pyramid,
     create_store,
@@ -77,6 +76,15 @@ from wsi_infer.store import (
     remove_creating,
     remove_leftovers,
     reset_table,
+)
+from wsi_infer.storeinfo import (
+    BackendRecord,
+    ModelRecord,
+    SlideRecord,
+    SoftwareRecord,
+    Statistics,
+    StoreInfo,
+    TissueRecord,
 )
 from wsi_infer.tiling import TileGrid
 from wsi_infer.tissue import detect_tissue, read_thumbnail
@@ -197,7 +205,9 @@ def run_slide(
             slide, identity, slide_mpp, "metadata" if params.mpp is None else "--mpp"
         )
         if staged is not None:  # the slide is the object, wherever its copy is cached
-            record.update(path=staged.url, name=parse_location(staged.url).name)
+            record = dataclasses.replace(
+                record, path=staged.url, name=parse_location(staged.url).name
+            )
         job = _SlideJob(
             slide,
             slide_mpp,
@@ -239,7 +249,7 @@ class _SlideJob:
 
 def _run_locked(
     job: _SlideJob,
-    record: dict[str, Any],
+    record: SlideRecord,
     wanted: dict[str, Any],
     lock: StoreLock | ObjectLock,
     overwrite: bool,
@@ -255,18 +265,18 @@ def _run_locked(
         root, status = existing_store(out, wanted)
         if status == "complete":
             check_complete(out, root)  # a store that fails verification is reported, not trusted
-            info: Any = root.attrs[ATTR]
+            info = StoreInfo.read(root, out)
             return RunSummary(
                 str(out),
-                int(info["nuclei"]),
-                int(info["tiles"]),
+                info.nuclei or 0,
+                info.tiles or 0,
                 0.0,
                 {},
                 status="skipped",
-                warnings=_warning_lines(info.get("statistics")),
+                warnings=info.warning_lines,
             )
         logger.info("%s: resuming an interrupted run", out)
-        if "store_id" not in root.attrs[ATTR]:  # type: ignore[operator]
+        if StoreInfo.read(root, out).store_id is None:
             _mark(root, store_id=uuid.uuid4().hex)
         tissue_grid = np.asarray(root["labels/tissue/0"][:]).astype(bool)  # type: ignore[index]
         tiles = grid.select(tissue_grid)
@@ -277,30 +287,30 @@ def _run_locked(
         timings["tissue_s"] = time.perf_counter() - t
         _guard_write(out, lambda: prepare_output(out, overwrite))
         cfg = backend.config
-        attrs = {
-            "software": {"name": "wsi-infer", "version": __version__},
-            "model": {
-                **cfg.to_dict(),
-                "sha256": backend.model_sha256,
-                "precision": getattr(backend, "precision", "fp32"),
-                "source": backend.model_source,
-                "source_sha256": getattr(backend, "source_sha256", backend.model_sha256),
-            },
-            "backend": {"name": backend.name, "device": backend.device},
-            "parameters": dataclasses.asdict(params),
-            "slide": record,
-            "run_mpp": job.run_mpp,
-            "grid_shape": [grid.height, grid.width],
-            "grid_to_level0": job.scale,
-            "tissue": {
-                "mpp": job.tissue_mpp,
-                "fraction": float(tissue.mean()) if tissue.size else 0.0,
-            },
-            "tiles": len(tiles),
-            "fingerprint": wanted,
-            "store_id": uuid.uuid4().hex,
-            "started": started,
-        }
+        info = StoreInfo(
+            software=SoftwareRecord(name="wsi-infer", version=__version__),
+            model=ModelRecord.of(
+                cfg.to_dict(),
+                sha256=backend.model_sha256,
+                precision=getattr(backend, "precision", "fp32"),
+                source=backend.model_source,
+                source_sha256=getattr(backend, "source_sha256", backend.model_sha256),
+            ),
+            backend=BackendRecord(name=backend.name, device=backend.device),
+            parameters=dataclasses.asdict(params),
+            slide=record,
+            run_mpp=job.run_mpp,
+            grid_shape=(grid.height, grid.width),
+            grid_to_level0=job.scale,
+            tissue=TissueRecord(
+                mpp=job.tissue_mpp, fraction=float(tissue.mean()) if tissue.size else 0.0
+            ),
+            tiles=len(tiles),
+            fingerprint=wanted,
+            store_id=uuid.uuid4().hex,
+            started=started,
+            status="running",
+        )
         root = _guard_write(
             out,
             lambda: create_store(
@@ -313,7 +323,7 @@ def _run_locked(
                 run_mpp=job.run_mpp,
                 class_names=cfg.class_names,
                 class_colours=cfg.class_colours,
-                attrs=attrs,
+                info=info,
             ),
         )
     assert root is not None
@@ -338,14 +348,8 @@ def _run_locked(
         seconds,
         timings,
         tiles_computed=computed,
-        warnings=_warning_lines(root.attrs[ATTR].get("statistics")),  # type: ignore[union-attr]
+        warnings=StoreInfo.read(root, out).warning_lines,
     )
-
-
-def _warning_lines(stats: Any) -> list[str]:
-    """The plausibility warnings recorded in a store's statistics, one line each."""
-    found = stats.get("warnings") if isinstance(stats, dict) else None
-    return [str(w["message"]) for w in found or [] if isinstance(w, dict) and "message" in w]
 
 
 def _tissue(job: _SlideJob) -> NDArray[np.bool_]:
@@ -364,19 +368,15 @@ def _finish(root: zarr.Group, out: StorePath, **changes: Any) -> None:
 
 
 def _mark(root: zarr.Group, **changes: Any) -> None:
-    info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
-    info.update(changes)
-    if info.get("status") != "failed":
-        info.pop("error", None)
-    root.attrs[ATTR] = info
+    StoreInfo.read(root).updated(**changes).write(root)
 
 
 def _mark_failed(root: zarr.Group, error: str) -> None:
     """Record a failure (best effort: the error being raised is what the user must see)."""
     try:
-        if dict(root.attrs[ATTR]).get("status") != "complete":  # type: ignore[arg-type]
+        if StoreInfo.read(root).status != "complete":
             _mark(root, status="failed", error=error)
-    except OSError:
+    except (OSError, WsiInferError):
         logger.exception("could not record the failure in the store")
 
 
@@ -403,11 +403,11 @@ def _run_stages(
 ) -> tuple[int, int]:
     grid, reader, backend, params = sj.grid, sj.reader, sj.backend, sj.params
     scale, run_mpp = sj.scale, sj.run_mpp
-    info: Any = root.attrs[ATTR]
+    info = StoreInfo.read(root, sj.out)
     nuclei_arr: Any = root["labels/nuclei/0"]
     types_arr: Any = root["labels/types/0"]
-    if info.get("stage") == "written":  # only the scratch removal and the status were left
-        return int(info["nuclei"]), 0
+    if info.stage == "written":  # only the scratch removal and the status were left
+        return info.nuclei or 0, 0
     maps: Any = root["_scratch/maps"]
 
     # Stage 1: predict the tiles not on disk yet.
@@ -424,7 +424,7 @@ def _run_stages(
         str(sj.slide.path),
         sj.identity.content,
         str(sj.out),
-        str(info["store_id"]),
+        str(info.store_id),
         scale,
         grid,
         maps,
@@ -527,7 +527,7 @@ def _run_stages(
     _mark(root, nuclei=nuclei)
     stats = slide_statistics(root)
     stats["warnings"] = [f.to_dict() for f in _plausibility(root, stats, sj)]
-    _mark(root, stage="written", statistics=stats)
+    _mark(root, stage="written", statistics=Statistics.from_dict(stats))
     remove_leftovers(sj.out)
     timings["write_s"] = time.perf_counter() - t
     return nuclei, pending
@@ -540,12 +540,14 @@ def _plausibility(root: zarr.Group, stats: dict[str, Any], sj: _SlideJob) -> lis
     from wsi_infer.plausibility import assess, candidate_mpps, make_probe, probe_centres
 
     table: Any = root["tables/nuclei"]
-    info: Any = root.attrs[ATTR]
+    tissue = StoreInfo.read(root, sj.out).tissue
     findings = assess(
         areas=np.asarray(table["area_um2"][:], np.float64),
         type_prob=np.asarray(table["type_prob"][:], np.float64),
         n_classes=len(sj.backend.config.class_names),
-        tissue_fraction=float(info["tissue"]["fraction"]) if sj.params.tissue.enabled else None,
+        tissue_fraction=tissue.fraction
+        if tissue is not None and sj.params.tissue.enabled
+        else None,
         density_per_mm2=stats.get("density_per_mm2"),
         config=sj.backend.config,
         mpp=sj.slide_mpp,

@@ -43,7 +43,8 @@ from numpy.typing import NDArray
 
 from wsi_infer.errors import OutputExistsError, OutputWriteError
 from wsi_infer.location import RemotePath, StorePath, parse_location
-from wsi_infer.store import ATTR, open_result, refuse_inside_store
+from wsi_infer.store import open_result, refuse_inside_store
+from wsi_infer.storeinfo import StoreInfo
 
 __all__ = ["GeoJsonSummary", "NucleusShape", "export_geojson", "iter_nucleus_shapes"]
 
@@ -166,8 +167,7 @@ def iter_nucleus_shapes(root: zarr.Group) -> Iterator[NucleusShape | int]:
     """
     import shapely
 
-    info: Any = root.attrs[ATTR]
-    scale = float(info["grid_to_level0"])
+    scale = float(StoreInfo.read(root).grid_to_level0)
     labels = root["labels/nuclei/0"]
     table: Any = root["tables/nuclei"]
     assert isinstance(labels, zarr.Array)
@@ -251,11 +251,11 @@ def export_geojson(
         raise OutputExistsError(f"{out}: is a directory")
     if compress is None:
         compress = out.suffix == ".gz"
-    info: Any = root.attrs[ATTR]
-    scale = float(info["grid_to_level0"])
-    px_area_um2 = float(info["run_mpp"]) ** 2
-    names = list(info["model"]["class_names"])
-    colours = [list(c) for c in info["model"]["class_colours"]]
+    info = StoreInfo.read(root, store)
+    scale = float(info.grid_to_level0)
+    px_area_um2 = float(info.run_mpp) ** 2
+    names = list(info.model.class_names)
+    colours = [list(c) for c in info.model.class_colours]
     table: Any = root["tables/nuclei"]
     area = np.asarray(table["area_um2"][:], np.float64)
     types = np.asarray(table["type"][:])

@@ -30,7 +30,8 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer.errors import OutputExistsError, OutputWriteError, SlideNotFoundError
-from wsi_infer.store import ATTR, open_result, refuse_inside_store
+from wsi_infer.store import open_result, refuse_inside_store
+from wsi_infer.storeinfo import StoreInfo
 
 __all__ = ["Overlay", "densest_window", "level0_box", "render_overlay", "write_overlay"]
 
@@ -136,17 +137,17 @@ def render_overlay(
     from wsi_infer.reader import GridReader, open_slide
     from wsi_infer.tissue import read_thumbnail
 
-    info: Any = root.attrs[ATTR]
-    path = Path(slide_path if slide_path is not None else info["slide"]["path"])
+    info = StoreInfo.read(root)
+    path = Path(slide_path if slide_path is not None else info.slide.path)
     if not path.exists():
         raise SlideNotFoundError(
             f"{path}: the store's slide is not there; pass --slide to say where it is"
         )
-    scale = float(info["grid_to_level0"])
-    run_mpp = float(info["run_mpp"])
-    slide_mpp = float(info["slide"]["mpp"])
-    names = list(info["model"]["class_names"])
-    palette = _palette([list(c) for c in info["model"]["class_colours"]])
+    scale = float(info.grid_to_level0)
+    run_mpp = float(info.run_mpp)
+    slide_mpp = float(info.slide.mpp)
+    names = list(info.model.class_names)
+    palette = _palette([list(c) for c in info.model.class_colours])
 
     nuclei_group, types_group = root["labels/nuclei"], root["labels/types"]
     assert isinstance(nuclei_group, zarr.Group) and isinstance(types_group, zarr.Group)

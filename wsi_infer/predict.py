@@ -77,13 +77,13 @@ def _process_reader(path: str, scale: float, content: str) -> GridReader:
 @functools.lru_cache(maxsize=8)
 def _process_maps(store: str, store_id: str) -> Any:
     """The scratch array of the store at ``store``, once it is proven to be the client's."""
-    from wsi_infer.store import ATTR
+    from wsi_infer.storeinfo import StoreInfo
 
     try:
         root = zarr.open_group(store, mode="r+")
-        seen = root.attrs.get(ATTR, {}).get("store_id")  # type: ignore[union-attr]
-    except (FileNotFoundError, ValueError, AttributeError, zarr.errors.NodeTypeValidationError):
-        seen = None
+        seen = StoreInfo.read(root, store).store_id
+    except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError):
+        seen = None  # IncompleteStoreError too: a ValueError
     if seen != store_id:
         raise IdentityMismatchError(
             f"{store}: this worker does not see the client's store at this path (store id "

@@ -84,7 +84,8 @@ def _store_name(store: str) -> str:
 
 def _entry(row: dict[str, Any], pictures: bool) -> SlideEntry:
     """One slide's entry from its summary row and, when it has one, its store."""
-    from wsi_infer.store import ATTR, open_result
+    from wsi_infer.store import open_result
+    from wsi_infer.storeinfo import StoreInfo
 
     e = SlideEntry(
         name=_store_name(str(row.get("store", ""))) or Path(str(row.get("slide"))).name,
@@ -105,29 +106,30 @@ def _entry(row: dict[str, Any], pictures: bool) -> SlideEntry:
     except (WsiInferError, OSError) as exc:
         e.notices.append(f"store not shown: {exc}")
         return e
-    info: Any = root.attrs[ATTR]
-    stats = info.get("statistics") or {}
-    e.tissue_mm2 = stats.get("tissue_area_mm2")
-    e.density = stats.get("density_per_mm2")
-    e.mean_area = stats.get("mean_area_um2")
-    e.classes = dict(stats.get("classes") or {})
-    names = list(info["model"]["class_names"])
+    info = StoreInfo.read(root, e.store)
+    stats = info.statistics
+    if stats is not None:
+        e.tissue_mm2 = stats.tissue_area_mm2
+        e.density = stats.density_per_mm2
+        e.mean_area = stats.mean_area_um2
+        e.classes = {n: c.to_dict() for n, c in stats.classes.items()}
+    model = info.model
     e.colours = {
-        n: tuple(c[:3]) for n, c in zip(names, info["model"]["class_colours"], strict=False)
+        n: (c[0], c[1], c[2]) for n, c in zip(model.class_names, model.class_colours, strict=False)
     }
-    slide = info.get("slide") or {}
-    e.mpp = f"{float(slide.get('mpp', 0)):.4g} µm/px from {slide.get('mpp_source', '?')}"
+    slide = info.slide
+    e.mpp = f"{float(slide.mpp):.4g} µm/px from {slide.mpp_source or '?'}"
     if not e.warnings:
-        e.warnings = [str(w.get("message")) for w in stats.get("warnings") or []]
+        e.warnings = info.warning_lines
     if e.tiles is None:
-        e.tiles = info.get("tiles")
+        e.tiles = info.tiles
     if not e.seconds:  # skipped in this batch: the run that made it
-        e.seconds = info.get("seconds")
+        e.seconds = info.seconds
         if e.seconds:
             e.notices.append("time and speed of the earlier run that made the store")
             e.tiles_per_second = (e.tiles or 0) / e.seconds if e.seconds else None
     if pictures:
-        _pictures(e, root, str(slide.get("path", "")))
+        _pictures(e, root, slide.path)
     return e
 
 

@@ -16,10 +16,12 @@ import zarr
 from wsi_infer.errors import IncompleteStoreError, OutputExistsError
 from wsi_infer.identity import SlideIdentity, model_identity
 from wsi_infer.location import StorePath
+from wsi_infer.options import fingerprinted
 from wsi_infer.params import RunParams
 from wsi_infer.reader import Slide
-from wsi_infer.store import ATTR, store_attribute
-from wsi_infer.verify import check_info, structure_problems
+from wsi_infer.store import store_attribute
+from wsi_infer.storeinfo import SlideRecord, StoreInfo
+from wsi_infer.verify import structure_problems
 
 __all__ = ["existing_store", "fingerprint", "slide_record"]
 
@@ -28,27 +30,33 @@ HINT = "pass --overwrite to replace it, or choose another --out"
 
 def slide_record(
     slide: Slide, identity: SlideIdentity, slide_mpp: float, mpp_source: str
-) -> dict[str, Any]:
+) -> SlideRecord:
     """What the store says about its slide."""
-    return {
-        "path": str(slide.path.resolve()),
-        "name": slide.path.name,
-        **identity.to_dict(),
-        "reader": slide.backend,
-        "vendor": slide.properties.get("openslide.vendor", slide.backend),
-        "dimensions": list(slide.dimensions),
-        "levels": len(slide.level_dimensions),
-        "mpp": slide_mpp,
-        "mpp_source": mpp_source,
-    }
+    return SlideRecord(
+        path=str(slide.path.resolve()),
+        name=slide.path.name,
+        size_bytes=identity.size,
+        mtime_ns=identity.mtime_ns,
+        sample_sha256=identity.sample_sha256,
+        reader=slide.backend,
+        vendor=slide.properties.get("openslide.vendor", slide.backend),
+        dimensions=tuple(slide.dimensions),
+        levels=len(slide.level_dimensions),
+        mpp=slide_mpp,
+        mpp_source=mpp_source,
+    )
 
 
-def fingerprint(slide: dict[str, Any], backend: Any, params: RunParams) -> dict[str, Any]:
-    """What must match for an existing store to be resumed or taken as done."""
+def fingerprint(slide: SlideRecord, backend: Any, params: RunParams) -> dict[str, Any]:
+    """What must match for an existing store to be resumed or taken as done.
+
+    Its parameters are those :class:`~wsi_infer.options.RunOptions` marks as entering
+    the fingerprint (:func:`~wsi_infer.options.fingerprinted`).
+    """
     return {
-        "slide": {k: slide[k] for k in ("path", "size_bytes", "mtime_ns", "sample_sha256", "mpp")},
+        "slide": slide.identity(),
         "model": {**model_identity(backend), "config": backend.config.to_dict()},
-        "parameters": params.output_defining(),
+        "parameters": fingerprinted(params),
     }
 
 
@@ -73,29 +81,26 @@ def existing_store(out: StorePath, wanted: dict[str, Any]) -> tuple[zarr.Group, 
     wsi-infer store, made with something else (which part), or an interrupted
     run whose store is damaged.
     """
-    info = store_attribute(out)
-    if not isinstance(info, dict):
+    raw = store_attribute(out)
+    if not isinstance(raw, dict):
         what = "a zarr store of another tool" if (out / "zarr.json").is_file() else "not a store"
         raise OutputExistsError(
             f"{out}: already exists and is not a wsi-infer store ({what}); choose another "
             "--out (--overwrite replaces only wsi-infer stores)"
         )
-    if info.get("fingerprint") != wanted:
-        raise OutputExistsError(
-            f"{out}: already exists, made with {_difference(info.get('fingerprint'), wanted)}; "
-            f"{HINT}"
-        )
     try:
-        check_info(out, info)
+        info = StoreInfo.parse(out, raw)
     except IncompleteStoreError as exc:
         raise OutputExistsError(f"{exc}") from exc
+    if info.fingerprint != wanted:
+        raise OutputExistsError(
+            f"{out}: already exists, made with {_difference(info.fingerprint, wanted)}; {HINT}"
+        )
     root = zarr.open_group(str(out), mode="r+")
-    status = str(info.get("status"))
-    if status != "complete":
+    if info.status != "complete":
         problems = structure_problems(root, info, complete=False)
         if problems:
             raise OutputExistsError(
                 f"{out}: an interrupted run whose store is damaged ({problems[0]}); {HINT}"
             )
-    stored: Any = root.attrs[ATTR]
-    return root, str(stored.get("status"))
+    return root, StoreInfo.read(root, out).status

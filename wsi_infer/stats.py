@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from wsi_infer.store import ATTR
+from wsi_infer.errors import IncompleteStoreError
+from wsi_infer.storeinfo import StoreInfo, group_location
 
 __all__ = ["slide_statistics", "tissue_area_mm2"]
 
@@ -27,8 +28,12 @@ UNCLASSIFIED = "unclassified"
 
 def tissue_area_mm2(root: zarr.Group) -> float:
     """Area of the tissue mask in mm², summed chunk row by chunk row."""
-    info: Any = root.attrs[ATTR]
-    mpp = float(info["tissue"]["mpp"])
+    tissue = StoreInfo.read(root).tissue
+    if tissue is None:
+        raise IncompleteStoreError(
+            f"{group_location(root)}: its attribute records no tissue mask; run the slide again with --overwrite"
+        )
+    mpp = float(tissue.mpp)
     mask = root["labels/tissue/0"]
     assert isinstance(mask, zarr.Array)
     step = int(mask.chunks[0])
@@ -54,8 +59,7 @@ def slide_statistics(root: zarr.Group) -> dict[str, Any]:
     ``classes`` lists the model's classes in order, then ``"unclassified"``
     when some nuclei have type 0.
     """
-    info: Any = root.attrs[ATTR]
-    names = [str(n) for n in info["model"]["class_names"]]
+    names = list(StoreInfo.read(root).model.class_names)
     table: Any = root["tables/nuclei"]
     types = np.asarray(table["type"][:]).astype(np.int64)
     area = np.asarray(table["area_um2"][:], np.float64)

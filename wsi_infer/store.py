@@ -41,8 +41,10 @@ from zarr.codecs import BloscCodec
 
 from wsi_infer.errors import IncompleteStoreError, OutputExistsError, RemoteStorageError
 from wsi_infer.location import RemotePath, StorePath, parse_location, remove_tree
+from wsi_infer.storeinfo import ATTR, StoreInfo
 
 __all__ = [
+    "ATTR",
     "TABLE_COLUMNS",
     "create_store",
     "is_wsi_infer_store",
@@ -56,7 +58,6 @@ __all__ = [
     "store_containing",
 ]
 
-ATTR = "wsi_infer"
 #: Table arrays: name -> (dtype, columns or None for 1-D).
 TABLE_COLUMNS: dict[str, tuple[str, int | None]] = {
     "id": ("uint32", None),
@@ -170,8 +171,11 @@ def remove_leftovers(path: StorePath) -> None:
 def remove_creating(path: StorePath) -> None:
     """Remove stores left half-created under a temporary name beside ``path`` (by a kill)."""
     if isinstance(path, RemotePath):
-        info = store_attribute(path)
-        if isinstance(info, dict) and info.get("status") == CREATING:
+        try:
+            creating = StoreInfo.parse(path, store_attribute(path)).status == CREATING
+        except IncompleteStoreError:
+            creating = False
+        if creating:
             path.rmtree()
         return
     for tmp in path.parent.glob(f".{path.name}.creating-*"):
@@ -215,9 +219,9 @@ def create_store(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
-    attrs: dict[str, Any],
+    info: StoreInfo,
 ) -> zarr.Group:
-    """Create the store's arrays (empty) with ``status: running``.
+    """Create the store's arrays (empty), its provenance ``info`` with ``status: running``.
 
     The store is made under a temporary name beside ``path`` and renamed into
     place: ``path`` never holds a store without its attributes.  In object
@@ -234,9 +238,9 @@ def create_store(
         "class_colours": class_colours,
     }
     if isinstance(path, RemotePath):
-        _create_arrays(path, attrs=attrs, status=CREATING, **layout)
+        _create_arrays(path, info=info.updated(status=CREATING), **layout)
         root = zarr.open_group(str(path), mode="r+")
-        root.attrs[ATTR] = {**attrs, "status": "running"}
+        info.updated(status="running").write(root)
         return root
     final = path
     path = final.with_name(f".{final.name}.creating-{uuid.uuid4().hex[:12]}")
@@ -251,7 +255,7 @@ def create_store(
             run_mpp=run_mpp,
             class_names=class_names,
             class_colours=class_colours,
-            attrs=attrs,
+            info=info.updated(status="running"),
         )
         os.rename(path, final)  # fails if ``final`` exists: nothing is replaced
     finally:
@@ -271,13 +275,10 @@ def _create_arrays(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
-    attrs: dict[str, Any],
-    status: str = "running",
+    info: StoreInfo,
 ) -> None:
     # the attributes come with the group's first metadata: never a store without them
-    root = zarr.open_group(
-        str(path), mode="w-", zarr_format=3, attributes={ATTR: {**attrs, "status": status}}
-    )
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=info.attributes())
     labels = root.create_group("labels")
     labels.attrs["ome"] = {"version": "0.5", "labels": ["nuclei", "types", "tissue"]}
     h, w = grid_shape
@@ -401,7 +402,7 @@ def open_result(path: str | StorePath, *, require_complete: bool = True) -> zarr
     ``require_complete=False`` only checks that it is a wsi-infer store (its
     attribute has the fields every store has); see :mod:`wsi_infer.verify`.
     """
-    from wsi_infer.verify import check_complete, check_info
+    from wsi_infer.verify import check_complete
 
     path = parse_location(path)
     try:
@@ -410,7 +411,7 @@ def open_result(path: str | StorePath, *, require_complete: bool = True) -> zarr
         raise IncompleteStoreError(f"{path}: not a zarr group ({exc})") from exc
     if require_complete:
         return check_complete(path, root)
-    check_info(path, root.attrs.get(ATTR))
+    StoreInfo.read(root, path)  # refuses what is no wsi-infer store
     return root
 
 
@@ -421,8 +422,7 @@ def read_table(path: str | StorePath) -> Any:
     root = open_result(path)
     t: Any = root["tables/nuclei"]
     centroid, bbox, types = t["centroid"][:], t["bbox"][:], t["type"][:]
-    info: Any = root.attrs[ATTR]
-    names = list(info["model"]["class_names"])
+    names = list(StoreInfo.read(root, path).model.class_names)
     cols: dict[str, Any] = {
         "id": t["id"][:],
         "centroid_x": centroid[:, 0],

@@ -31,12 +31,11 @@ import zarr
 
 from wsi_infer.errors import CorruptStoreError, IncompleteStoreError
 from wsi_infer.location import RemotePath, StorePath, walk_files
-from wsi_infer.store import ATTR, TABLE_COLUMNS, remove_leftovers
+from wsi_infer.store import TABLE_COLUMNS, remove_leftovers
+from wsi_infer.storeinfo import StoreInfo
 
 __all__ = [
-    "REQUIRED_KEYS",
     "check_complete",
-    "check_info",
     "leftovers",
     "node_digests",
     "seal_complete",
@@ -47,32 +46,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 META = "zarr.json"
-#: Root-attribute fields every wsi-infer store has from its creation on, with their types.
-REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
-    "status": str,
-    "model": dict,
-    "slide": dict,
-    "grid_shape": list,
-    "run_mpp": (int, float),
-    "grid_to_level0": (int, float),
-}
-
-
-def check_info(path: StorePath, info: Any) -> dict[str, Any]:
-    """The root attribute as a dict with the fields every store has, else IncompleteStoreError."""
-    if not isinstance(info, dict):
-        raise IncompleteStoreError(f"{path}: not a wsi-infer result (no '{ATTR}' attribute)")
-    bad = [
-        k
-        for k, t in REQUIRED_KEYS.items()
-        if not isinstance(info.get(k), t) or isinstance(info.get(k), bool)
-    ]
-    if bad:
-        raise IncompleteStoreError(
-            f"{path}: its '{ATTR}' attribute lacks or garbles {', '.join(bad)}: not a store "
-            "wsi-infer wrote, or an edited one; run the slide again with --overwrite"
-        )
-    return info
 
 
 def leftovers(path: StorePath, files: list[str] | None = None) -> list[str]:
@@ -126,12 +99,8 @@ def seal_complete(path: StorePath, root: zarr.Group, **changes: Any) -> None:
     ``changes`` go into the root attribute in the same, last write.
     """
     remove_leftovers(path)
-    info = dict(root.attrs[ATTR])  # type: ignore[arg-type]
-    info.update(changes)
-    info.pop("error", None)
-    info["digests"] = node_digests(path)
-    info["status"] = "complete"
-    root.attrs[ATTR] = info
+    info = StoreInfo.read(root, path).updated(**changes)
+    info.updated(digests=node_digests(path), status="complete").write(root)
 
 
 def _array(root: zarr.Group, key: str) -> Any:
@@ -142,10 +111,10 @@ def _array(root: zarr.Group, key: str) -> Any:
     return node if isinstance(node, zarr.Array) else None
 
 
-def structure_problems(root: zarr.Group, info: dict[str, Any], *, complete: bool) -> list[str]:
+def structure_problems(root: zarr.Group, info: StoreInfo, *, complete: bool) -> list[str]:
     """What is missing or the wrong shape; ``complete`` adds the checks of a finished store."""
     problems: list[str] = []
-    grid = info["grid_shape"]
+    grid = list(info.grid_shape)
     if len(grid) != 2 or not all(isinstance(v, int) and v > 0 for v in grid):
         return [f"grid_shape {grid} is not two positive integers"]
     for name, dtype in (("nuclei", "uint32"), ("types", "uint8")):
@@ -158,11 +127,11 @@ def structure_problems(root: zarr.Group, info: dict[str, Any], *, complete: bool
                 f"labels/{name}/0 is {base.dtype} {tuple(base.shape)}, not {dtype} {tuple(grid)}"
             )
         if complete:
-            problems += _pyramid_problems(root, name, tuple(grid))
+            problems += _pyramid_problems(root, name, (grid[0], grid[1]))
     tissue = _array(root, "labels/tissue/0")
     if tissue is None or tissue.ndim != 2:
         problems.append("labels/tissue/0 is missing")
-    n = info.get("nuclei")
+    n = info.nuclei
     for col, (dtype, ncols) in TABLE_COLUMNS.items():
         arr = _array(root, f"tables/nuclei/{col}")
         if arr is None:
@@ -175,14 +144,12 @@ def structure_problems(root: zarr.Group, info: dict[str, Any], *, complete: bool
                 f"tables/nuclei/{col} has {arr.shape[0]} rows, the store says {n} nuclei"
             )
     if complete:
-        stats = info.get("statistics")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        stats = info.statistics
+        if n is None or n < 0:
             problems.append(f"nuclei {n!r} is not a count")
-        elif isinstance(stats, dict) and stats.get("nuclei") != n:
-            problems.append(
-                f"the statistics count {stats.get('nuclei')} nuclei, the store says {n}"
-            )
-    elif _array(root, "_scratch/maps") is None and info.get("stage") != "written":
+        elif stats is not None and stats.nuclei != n:
+            problems.append(f"the statistics count {stats.nuclei} nuclei, the store says {n}")
+    elif _array(root, "_scratch/maps") is None and info.stage != "written":
         problems.append("_scratch/maps (the predicted maps) is missing")
     return problems
 
@@ -206,13 +173,13 @@ def _pyramid_problems(root: zarr.Group, name: str, grid: tuple[int, int]) -> lis
     return problems
 
 
-def verify_store(path: StorePath, root: zarr.Group, info: dict[str, Any]) -> list[str]:
+def verify_store(path: StorePath, root: zarr.Group, info: StoreInfo) -> list[str]:
     """Every reason not to trust the complete store at ``path`` (empty: it verifies)."""
     files = walk_files(path)
     problems = structure_problems(root, info, complete=True)
     problems += [f"leftover {what}" for what in leftovers(path, files)]
-    recorded = info.get("digests")
-    if not isinstance(recorded, dict) or not recorded:
+    recorded = info.digests
+    if not recorded:
         problems.append("no digests recorded (a run did not finish it, or its status was edited)")
         return problems
     found = node_digests(path, files)
@@ -233,10 +200,10 @@ def check_complete(path: StorePath, root: zarr.Group | None = None) -> zarr.Grou
             root = zarr.open_group(str(path), mode="r")
         except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
             raise IncompleteStoreError(f"{path}: not a zarr group ({exc})") from exc
-    info = check_info(path, root.attrs.get(ATTR))
-    if info["status"] != "complete":
+    info = StoreInfo.read(root, path)
+    if info.status != "complete":
         raise IncompleteStoreError(
-            f"{path}: run status is {info['status']!r}, not 'complete'; run the same command "
+            f"{path}: run status is {info.status!r}, not 'complete'; run the same command "
             "again to finish it, or rerun with --overwrite"
         )
     problems = verify_store(path, root, info)

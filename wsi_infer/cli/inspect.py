@@ -24,47 +24,52 @@ def store_summary(path: Any) -> dict[str, Any]:
     is complete)."""
     from wsi_infer.location import parse_location
     from wsi_infer.stats import slide_statistics
-    from wsi_infer.store import ATTR, open_result
+    from wsi_infer.store import open_result
+    from wsi_infer.storeinfo import StoreInfo
     from wsi_infer.verify import verify_store
 
     path = parse_location(path)
     root = open_result(path, require_complete=False)
-    info: Any = root.attrs[ATTR]
-    status = info.get("status")
+    info = StoreInfo.read(root, path)
+    status = info.status
     problems = verify_store(path, root, info) if status == "complete" else []
-    stats = info.get("statistics")
+    stats = info.statistics.to_dict() if info.statistics is not None else None
     if stats is None and status == "complete" and not problems:
         stats = slide_statistics(root)
-    model = info.get("model", {})
+    model = info.model.to_dict()
     labels: Any = root.get("labels/nuclei")
+
+    def part(p: Any) -> Any:
+        return None if p is None else p.to_dict()
+
     return {
         "store": str(path),
         "status": status,
         "verified": None if status != "complete" else not problems,
         "problems": problems,
-        "error": info.get("error"),
-        "software": info.get("software"),
-        "slide": info.get("slide"),
+        "error": info.error,
+        "software": part(info.software),
+        "slide": info.slide.to_dict(),
         "model": {
             k: model.get(k)
             for k in ("name", "version", "arch", "mpp", "sha256", "source", "class_names")
         },
-        "backend": info.get("backend"),
+        "backend": part(info.backend),
         "grid": {
-            "shape": info.get("grid_shape"),
-            "mpp": info.get("run_mpp"),
-            "grid_to_level0": info.get("grid_to_level0"),
+            "shape": list(info.grid_shape),
+            "mpp": info.run_mpp,
+            "grid_to_level0": info.grid_to_level0,
             "levels": _levels(labels) if labels is not None else [],
         },
-        "tissue": info.get("tissue"),
-        "tiles": info.get("tiles"),
-        "nuclei": info.get("nuclei"),
+        "tissue": part(info.tissue),
+        "tiles": info.tiles,
+        "nuclei": info.nuclei,
         "statistics": stats,
-        "started": info.get("started"),
-        "finished": info.get("finished"),
-        "seconds": info.get("seconds"),
-        "timings": info.get("timings"),
-        "parameters": info.get("parameters"),
+        "started": info.started,
+        "finished": info.finished,
+        "seconds": info.seconds,
+        "timings": info.timings,
+        "parameters": info.parameters,
     }
 
 
