@@ -323,11 +323,11 @@ class StoreInfo(_Part):
     stage: str | None = field(default=None, metadata=_kind("str"))
     statistics: Statistics | None = field(default=None, metadata=_kind(Statistics))
     error: str | None = field(default=None, metadata=_kind("str"))
-    #: sha256 per node, recorded just before ``status: complete`` (:mod:`wsi_infer.verify`).
-    digests: Mapping[str, str] | None = field(default=None, metadata=_kind("map"))
-    finished: str | None = field(default=None, metadata=_kind("str"))
     seconds: float | None = field(default=None, metadata=_kind("number"))
     timings: Mapping[str, float] | None = field(default=None, metadata=_kind("map"))
+    finished: str | None = field(default=None, metadata=_kind("str"))
+    #: sha256 per node, recorded just before ``status: complete`` (:mod:`wsi_infer.verify`).
+    digests: Mapping[str, str] | None = field(default=None, metadata=_kind("map"))
 
     @classmethod
     def parse(cls, where: object, data: Any) -> StoreInfo:
