@@ -149,12 +149,12 @@ def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
     from wsi_infer.backends import cpu_cores
     from wsi_infer.predict import model_slots
 
-    params = RunParams(tile_size=256, overlap=32, batch_size=2, workers=2)
+    params = RunParams(tile_size=256, overlap=32, batch_size=2, threads=2)
     recipe = BackendRecipe.for_run("onnxruntime", tiny_model, params, cache_dir=tmp_path)
     assert recipe.threads == max(1, cpu_cores() // 2)
     shared = recipe.build()
     assert shared.concurrency == cpu_cores() // recipe.threads
-    assert model_slots(shared, params.workers) == min(2, shared.concurrency)
+    assert model_slots(shared, params.threads) == min(2, shared.concurrency)
     assert model_slots(shared, 1) == 1
     # torch has one intra-op pool per process: one call at a time, its threads untouched
     assert BackendRecipe.for_run("torch", tiny_model, params).threads is None

@@ -431,7 +431,7 @@ def _run_stages(
         maps,
         BackendSpec.of(backend),
     )
-    slots = model_slots(backend, params.workers)
+    slots = model_slots(backend, params.threads)
     timings["model_slots"] = slots
     local = None if client is not None else (backend, threading.BoundedSemaphore(slots), reader)
     # Top rows first (an explicit priority, see wsi_infer.scheduler), so stage 2 can start

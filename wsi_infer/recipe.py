@@ -83,7 +83,7 @@ class BackendRecipe:
             # the calls run side by side (see OnnxRuntimeBackend.concurrency).
             from wsi_infer.backends import cpu_cores
 
-            threads = max(1, cpu_cores() // max(1, int(params.workers)))
+            threads = max(1, cpu_cores() // max(1, int(params.threads)))
         bs = int(params.batch_size)
         return cls(
             backend=backend,

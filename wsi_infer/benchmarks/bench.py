@@ -350,7 +350,7 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     t_load = time.perf_counter()
     # the backend exactly as the CLI makes it for these parameters
     backend = BackendRecipe.for_run(cfg.backend, cfg.model, params, device=cfg.device).build()
-    slots = model_slots(backend, params.workers)
+    slots = model_slots(backend, params.threads)
     load_s = time.perf_counter() - t_load
     torch_threads: int | None = None
     if cfg.backend == "torch":
