@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsi_infer.errors import ParameterError
-from wsi_infer.options import RunOptions
+from wsi_infer.options import RunOptions, fingerprinted
 from wsi_infer.postprocess import PostprocessParams
 from wsi_infer.tiling import TileGrid
 from wsi_infer.tissue import TissueParams
@@ -97,6 +97,4 @@ class RunParams:
     def output_defining(self) -> dict[str, Any]:
         """The parameters the output depends on: those of the resume fingerprint (all but
         the ones :class:`~wsi_infer.options.RunOptions` marks otherwise: the thread count)."""
-        from wsi_infer.options import fingerprinted
-
         return fingerprinted(self)
