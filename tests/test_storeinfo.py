@@ -160,6 +160,7 @@ def test_an_older_store_verifies_and_reads(tmp_path: Path) -> None:
         ({"tiles": "four"}, "tiles"),
         ({"statistics": {"nuclei": 0}}, "statistics.tissue_area_mm2"),
         ({"status": None}, "status"),
+        ({"status": "done"}, "status"),
     ],
 )
 def test_a_garbled_attribute_is_refused_in_one_line(change: dict[str, Any], named: str) -> None:

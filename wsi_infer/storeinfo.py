@@ -329,6 +329,17 @@ class StoreInfo(_Part):
     #: sha256 per node, recorded just before ``status: complete`` (:mod:`wsi_infer.verify`).
     digests: Mapping[str, str] | None = field(default=None, metadata=_kind("map"))
 
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is none of {', '.join(STATUSES)}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StoreInfo:
+        try:
+            return super().from_dict(data)
+        except ValueError:  # a value of the right type, but none a store can hold
+            raise _Garbled(["status"]) from None
+
     @classmethod
     def parse(cls, where: object, data: Any) -> StoreInfo:
         """The info of the attribute value ``data`` of the store ``where`` (named in errors).
