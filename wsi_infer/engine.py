@@ -61,6 +61,7 @@ from wsi_infer.predict import (
     PredictJob,
     PredictResult,
     missing_tiles,
+    model_slots,
     predict_tiles,
     tile_done,
 )
@@ -449,8 +450,13 @@ def _predict_and_segment(
         maps,
         BackendSpec.of(sj.backend),
     )
-    # Threads of this process share the client's model (one batch at a time) and reader.
-    local = (sj.backend, threading.Lock(), sj.reader) if execution.in_process else None
+    # Threads of this process share the client's model (its slots: how many calls at
+    # once) and reader.
+    slots = model_slots(sj.backend, sj.params.workers)
+    timings["model_slots"] = slots
+    local = (
+        (sj.backend, threading.BoundedSemaphore(slots), sj.reader) if execution.in_process else None
+    )
     calls = [
         Call(b.priority, b.name, predict_tiles, (job, list(b.tiles), local)) for b in plan.pending
     ]
