@@ -260,9 +260,9 @@ def stage_accounting(timings: dict[str, float], seconds: float, workers: int) ->
     time the stage's threads spent on it, summed over threads) and its CPU seconds where
     the threads measured them; ``share``: busy time over the run's wall time (stages
     overlap, so shares add up to more than 1); ``load``: share over the threads the stage
-    has (the model one, reading and segmentation ``workers``, the others one), the
-    fraction of its capacity the stage used.  The run is bound by the model when the
-    model was busy at least :data:`MODEL_BOUND` of it, else by the stage of highest load.
+    has (the model its ``model_slots``, reading and segmentation ``workers``, the others
+    one), the fraction of its capacity the stage used.  The run is bound by the model when
+    the model's load was at least :data:`MODEL_BOUND`, else by the stage of highest load.
     """
     t = timings.get
     busy = {
@@ -279,16 +279,17 @@ def stage_accounting(timings: dict[str, float], seconds: float, workers: int) ->
         "maps_write": t("predict_write_cpu_s", math.nan),
         "segment": t("segment_cpu_s", math.nan),
     }
-    threads = {"read": workers, "segment": workers}
+    slots = max(1, int(t("model_slots", 1.0)))
+    threads = {"read": workers, "segment": workers, "model": slots}
     share = {k: v / seconds if seconds > 0 else math.nan for k, v in busy.items()}
     load = {k: share[k] / threads.get(k, 1) for k in busy}
-    bound = "model" if share["model"] >= MODEL_BOUND else max(load, key=lambda k: load[k])
+    bound = "model" if load["model"] >= MODEL_BOUND else max(load, key=lambda k: load[k])
     return {
         "busy_s": busy,
         "cpu_s": cpu,
         "share": share,
         "load": load,
-        "model_busy_share": share["model"],
+        "model_busy_share": load["model"],
         "model_wait_s": t("predict_wait_s", 0.0),
         "bound": bound,
     }
@@ -310,6 +311,31 @@ def _model_checkpoint(model: str, cache: Path) -> str:
     return str(out)
 
 
+def _time_concurrent(fn: Any, budget: float, min_calls: int, callers: int) -> tuple[int, float]:
+    """:func:`_time_loop` of ``fn`` in ``callers`` threads at once: calls made by all of
+    them, and the wall time until the last one ended."""
+    if callers <= 1:
+        return _time_loop(fn, budget, min_calls, 1_000_000)
+    counts = [0] * callers
+    errors: list[BaseException] = []
+
+    def caller(c: int) -> None:
+        try:
+            counts[c] = _time_loop(lambda k: fn(c + k * callers), budget, min_calls, 1_000_000)[0]
+        except BaseException as exc:  # re-raised in the calling thread below
+            errors.append(exc)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return sum(counts), time.perf_counter() - t0
+
+
 def _time_loop(fn: Any, budget: float, min_calls: int, max_calls: int) -> tuple[int, float]:
     """Call ``fn(k)`` for k = 0, 1, ... until ``budget`` seconds (at least ``min_calls``)."""
     calls, t0 = 0, time.perf_counter()
@@ -325,9 +351,10 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     """One engine run and the stage measurements on its tiles (in this process)."""
     import zarr
 
-    from wsi_infer.backends import create_backend
     from wsi_infer.engine import RunParams, run_slide
+    from wsi_infer.predict import model_slots
     from wsi_infer.reader import GridReader, open_slide
+    from wsi_infer.recipe import BackendRecipe
     from wsi_infer.tiling import TileGrid
 
     params = RunParams(
@@ -337,7 +364,9 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
         workers=cfg.workers,
     )
     t_load = time.perf_counter()
-    backend = create_backend(cfg.backend, cfg.model, device=cfg.device)
+    # the backend exactly as the CLI makes it for these parameters
+    backend = BackendRecipe.for_run(cfg.backend, cfg.model, params, device=cfg.device).build()
+    slots = model_slots(backend, params.workers)
     load_s = time.perf_counter() - t_load
     torch_threads: int | None = None
     if cfg.backend == "torch":
@@ -401,8 +430,9 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     batches = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
     maps = backend(batches[0])  # warm-up
     c_model = time.process_time()
-    n_model, model_s = _time_loop(
-        lambda k: backend(batches[k % len(batches)]), budget, 3, 1_000_000
+    # as many callers as the engine lets call the model at once
+    n_model, model_s = _time_concurrent(
+        lambda k: backend(batches[k % len(batches)]), budget, 3, slots
     )
     model_cpu = time.process_time() - c_model
 
@@ -431,12 +461,13 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
             "seconds": model_s,
             "load_seconds": load_s,
             "torch_threads": torch_threads,
+            "concurrent_calls": slots,
             "cpu_cores_busy": _rate(model_cpu, model_s),
             "output_bytes_per_tile": int(maps[0].nbytes),
             "logits_bytes_per_tile": 4 * backend.config.out_channels * t * t,
         },
         "model_in_run": {
-            "tiles_per_s": _rate(tiles_n, timings.get("predict_model_s", 0.0)),
+            "tiles_per_s": _rate(tiles_n * slots, timings.get("predict_model_s", 0.0)),
             "seconds": timings.get("predict_model_s", math.nan),
             "busy_in_predict": _rate(
                 timings.get("predict_model_s", 0.0), timings.get("predict_s", 0.0)
