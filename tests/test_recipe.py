@@ -62,9 +62,10 @@ def test_bad_profiles_and_recipes_are_refused() -> None:
 def test_export_cli_takes_tile_sizes_and_batch_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from wsi_infer.export.cli import build_parser, main
+    from wsi_infer.export.cli import export_command, main
 
-    args = build_parser().parse_args(
+    args = export_command.make_context(
+        "wsi-infer-export",
         [
             "default",
             "--onnx",
@@ -80,9 +81,9 @@ def test_export_cli_takes_tile_sizes_and_batch_range(
             "8",
             "--max-batch",
             "64",
-        ]
-    )
-    assert (args.tile_sizes, args.min_batch, args.opt_batch, args.max_batch) == (
+        ],
+    ).params
+    assert (args["tile_sizes"], args["min_batch"], args["opt_batch"], args["max_batch"]) == (
         [512, 256],
         2,
         8,

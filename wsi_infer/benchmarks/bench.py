@@ -36,7 +36,6 @@ Results go to ``--out-dir`` (``benchmarks/results/``) as ``bench-<UTC time>.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -54,8 +53,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import click
 import numpy as np
 
 from wsi_infer.benchmarks.make_slide import (
@@ -66,12 +67,31 @@ from wsi_infer.benchmarks.make_slide import (
     make_slide,
     read_sidecar,
 )
+from wsi_infer.cli.options import (
+    backend_option,
+    device_option,
+    entry_point,
+    model_option,
+    multi_option,
+    overlap_option,
+    path_option,
+    paths_option,
+    tile_size_option,
+)
 from wsi_infer.options import RunOptions
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child", "stage_accounting"]
+__all__ = [
+    "RunConfig",
+    "bench_command",
+    "fit_line",
+    "main",
+    "run_benchmark",
+    "run_child",
+    "stage_accounting",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -902,50 +922,44 @@ def save(
 # --------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsi-infer-bench",
-        description="Benchmark wsi-infer stage by stage on realistic synthetic slides.",
-    )
-    p.add_argument("--sizes", type=int, nargs="+", help=f"slide edges in px {DEFAULT_SIZES}")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="dask workers (1 2)")
-    p.add_argument("--tile-size", type=int, help="tile edge in px (the model's)")
-    p.add_argument("--overlap", type=int, help="tile overlap in px (the model's)")
-    p.add_argument("--batch-size", type=int, default=RUN_DEFAULTS.batch_size)
-    p.add_argument(
-        "--model",
-        default="default",
-        help=f"bundled name or checkpoint dir; '{RANDOM_MODEL}': a seeded random b0",
-    )
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--slide-mpp", type=float, help="resolution of the slides (the model's)")
-    p.add_argument("--tissue-fraction", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage-seconds", type=float, help="time per stage measurement (8; quick: 1)")
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    p.add_argument("--name", help="results file stem (default bench-<UTC time>)")
-    p.add_argument("--slides-dir", type=Path, default=DEFAULT_SLIDES_DIR, help="slide cache")
-    p.add_argument("--nuclei-dir", type=Path, default=DEFAULT_NUCLEI_DIR, help="H&E patches")
-    p.add_argument("--keep-stores", type=Path, help="keep the result stores in this folder")
-    p.add_argument("--timeout", type=float, help="seconds allowed per run")
-    p.add_argument("--quick", action="store_true", help=f"tiny slides {QUICK_SIZES}, for tests")
-    p.add_argument(
-        "--slide",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="benchmark these real slides instead of synthetic ones",
-    )
-    p.add_argument("--no-plot", action="store_true", help="no .png (needs no matplotlib)")
-    p.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+@click.command("wsi-infer-bench", context_settings={"help_option_names": ["-h", "--help"]})
+@multi_option("--sizes", type=int, metavar="PX...", help=f"slide edges in px {DEFAULT_SIZES}")
+@multi_option("--workers", type=int, default=[1, 2], metavar="N...", help="dask workers (1 2)")
+@tile_size_option(help="Tile edge in pixels [default: the model's own].")
+@overlap_option(help="Tile overlap in pixels [default: the model's own].")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=RUN_DEFAULTS.batch_size,
+    show_default=True,
+    help="tiles per model call",
+)
+@model_option(help=f"bundled name or checkpoint dir; '{RANDOM_MODEL}': a seeded random b0")
+@backend_option(default="torch")
+@device_option(default="cpu")
+@click.option("--slide-mpp", type=float, help="resolution of the slides (the model's)")
+@click.option("--tissue-fraction", type=float, default=0.4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stage-seconds", type=float, help="time per stage measurement (8; quick: 1)")
+@path_option("--out-dir", default=DEFAULT_OUT_DIR, show_default=True)
+@click.option("--name", help="results file stem (default bench-<UTC time>)")
+@path_option("--slides-dir", default=DEFAULT_SLIDES_DIR, help="slide cache")
+@path_option("--nuclei-dir", default=DEFAULT_NUCLEI_DIR, help="H&E patches")
+@path_option("--keep-stores", help="keep the result stores in this folder")
+@click.option("--timeout", type=float, help="seconds allowed per run")
+@click.option("--quick", is_flag=True, help=f"tiny slides {QUICK_SIZES}, for tests")
+@paths_option(
+    "--slide",
+    default=[],
+    help="benchmark these real slides instead of synthetic ones",
+)
+@click.option("--no-plot", is_flag=True, help="no .png (needs no matplotlib)")
+@click.option("--child", nargs=2, metavar="CONFIG OUT", hidden=True)
+def bench_command(**options: Any) -> int:
+    """Benchmark wsi-infer stage by stage on realistic synthetic slides."""
     from wsi_infer.errors import WsiInferError
 
-    args = build_parser().parse_args(argv)
+    args = SimpleNamespace(**options)
     if args.child:
         return _child_main(*args.child)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -980,6 +994,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
+
+
+main = entry_point(bench_command, "wsi-infer-bench")
 
 
 if __name__ == "__main__":
