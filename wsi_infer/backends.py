@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from wsi_infer.config import ModelConfig
 from wsi_infer.errors import BackendUnavailableError, CheckpointError
+from wsi_infer.files import file_sha256
 
 __all__ = [
     "Backend",
@@ -328,7 +329,7 @@ class OnnxRuntimeBackend:
         self.config = contract.config
         self.precision = contract.precision
         self.onnx_path = onnx_path
-        self.onnx_sha256 = _sha256(onnx_path)
+        self.onnx_sha256 = file_sha256(onnx_path)
         # the file that runs identifies the model: the checkpoint hash in its metadata is a
         # claim any file can copy, and fp16 and fp32 exports of one checkpoint differ
         self.model_sha256 = self.onnx_sha256
@@ -470,7 +471,9 @@ class TensorRTBackend:
         self.precision = info.precision
         self.engine_path = engine_path
         self.engine_info = info
-        self.model_sha256 = _sha256(engine_path)  # the engine's own bytes, not its sidecar's claim
+        self.model_sha256 = file_sha256(
+            engine_path
+        )  # the engine's own bytes, not its sidecar's claim
         self.source_sha256 = info.source_sha256
         self.model_source = source
         self.device = f"cuda:{index}"
@@ -570,12 +573,6 @@ def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
-
-
-def _sha256(path: Path) -> str:
-    from wsi_infer.export.cache import sha256_file
-
-    return sha256_file(path)
 
 
 register_backend("onnxruntime", "ONNX Runtime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)")(

@@ -8,7 +8,6 @@ read its output lives here, so an exported model (ONNX) carries the same dict.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import types
 import typing
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_infer.errors import CheckpointError
+from wsi_infer.files import file_sha256
 
 __all__ = [
     "ARCHITECTURES",
@@ -301,9 +301,3 @@ def model_config(model: str | Path) -> ModelConfig:
 
         return read_onnx_contract(path).config
     return ModelConfig.from_json(resolve_checkpoint(model) / CONFIG_FILE)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()

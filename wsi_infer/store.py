@@ -49,6 +49,7 @@ __all__ = [
     "open_result",
     "prepare_output",
     "read_table",
+    "refuse_existing",
     "refuse_inside_store",
     "remove_creating",
     "remove_leftovers",
@@ -111,6 +112,17 @@ def refuse_inside_store(path: StorePath, what: str) -> None:
         )
 
 
+def refuse_existing(path: StorePath, overwrite: bool) -> bool:
+    """Whether output ``path`` exists (a dangling link counts); if it does and not
+    ``overwrite``, raise :class:`OutputExistsError` saying how to go on."""
+    exists = path.exists() or path.is_symlink()
+    if exists and not overwrite:
+        raise OutputExistsError(
+            f"{path}: already exists; pass --overwrite to replace it, or choose another output"
+        )
+    return exists
+
+
 def _describe(path: StorePath) -> str:
     if path.is_symlink():
         return "a symbolic link"
@@ -127,12 +139,8 @@ def prepare_output(path: StorePath, overwrite: bool) -> None:
     Only a wsi-infer store (or an empty folder) is ever removed: anything else
     at ``path`` is an error even with ``overwrite``.
     """
-    if not (path.exists() or path.is_symlink()):
+    if not refuse_existing(path, overwrite):
         return
-    if not overwrite:
-        raise OutputExistsError(
-            f"{path}: already exists; pass --overwrite to replace it, or choose another --out"
-        )
     if is_wsi_infer_store(path):
         remove_tree(path)
     elif (

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from wsi_infer.files import atomic_write
+
 __all__ = [
     "DEFAULT_NUCLEI_DIR",
     "PatchBank",
@@ -447,7 +449,6 @@ def make_slide(
     shapes = level_shapes(spec.width, spec.height, spec.downsample)
     level0 = _Level0(spec, bank, fraction)
     f = spec.downsample
-    partial = out.with_name(out.name + ".partial")
     # JPEG stores well under a byte per pixel; BigTIFF where 4 GB might not suffice.
     bigtiff = spec.width * spec.height > 2**31
     description = (
@@ -476,7 +477,7 @@ def make_slide(
                     Path(tmp) / f"level{k}.npy", mode="w+", dtype=np.uint8, shape=(hk, wk, 3)
                 )
             )
-        with tifffile.TiffWriter(partial, bigtiff=bigtiff) as tif:
+        with atomic_write(out) as partial, tifffile.TiffWriter(partial, bigtiff=bigtiff) as tif:
             tif.write(
                 level0.tiles(levels[0] if levels else None, f),
                 shape=(spec.height, spec.width, 3),
@@ -488,7 +489,6 @@ def make_slide(
                     _downsample_into(levels[k - 2], arr, f)
                 tif.write(_array_tiles(arr), shape=arr.shape, **options(k))
         del levels
-    partial.replace(out)
     area = spec.width * spec.height
     info = SlideInfo(
         path=str(out),

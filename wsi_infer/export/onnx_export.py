@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +30,8 @@ from numpy.typing import NDArray
 
 from wsi_infer.config import ModelConfig
 from wsi_infer.errors import BackendUnavailableError, CheckpointError, WsiInferError
-from wsi_infer.export.cache import resolve_cache_dir, sha256_file
+from wsi_infer.export.cache import resolve_cache_dir
+from wsi_infer.files import atomic_write, file_sha256
 
 if TYPE_CHECKING:
     import onnx
@@ -357,10 +356,7 @@ def export_onnx(
         "foreground, distance, nucleus class 1..K, its probability (0..255)"
     )
 
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(out, ".tmp") as tmp:
         onnx.save_model(proto, str(tmp))
         export_seconds = time.perf_counter() - started
         stats: tuple[int, float, float, tuple[int, float]] | None = None
@@ -376,13 +372,10 @@ def export_onnx(
                     f"tiles are {parity_tiles.shape[1:3]} but the model is fixed at {hw}"
                 )
             stats = _parity(module, tmp, parity_tiles, batch, precision, max_step, max_flips)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
     report = ExportReport(
         onnx_path=out,
-        sha256=sha256_file(out),
+        sha256=file_sha256(out),
         source_sha256=source_sha256,
         precision=precision,
         opset=opset,
@@ -508,7 +501,7 @@ def cached_onnx(
     from wsi_infer.model import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
 
     ckpt = resolve_checkpoint(model)
-    weights_sha = sha256_file(ckpt / WEIGHTS_FILE)
+    weights_sha = file_sha256(ckpt / WEIGHTS_FILE)
     config = ModelConfig.from_json(ckpt / CONFIG_FILE)
     config_sha = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     precision = "fp16" if fp16 else "fp32"
