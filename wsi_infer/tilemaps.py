@@ -17,16 +17,36 @@ is left out; rounding half to even).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from wsi_infer.config import ModelConfig
 
-__all__ = ["MAPS_INPUT", "MAPS_OUTPUT", "TileMaps", "maps_from_logits"]
+__all__ = ["MAPS_INPUT", "MAPS_OUTPUT", "TileMaps", "maps_from_logits", "normalise_tiles"]
 
 #: Names of the exported graph's input and output.
 MAPS_INPUT = "tiles"
 MAPS_OUTPUT = "maps"
+
+
+def normalise_tiles(
+    tiles: torch.Tensor,
+    mean: torch.Tensor | Sequence[float],
+    std: torch.Tensor | Sequence[float],
+) -> torch.Tensor:
+    """uint8 RGB tiles ``(B, H, W, 3)`` -> the network's input, float32 ``(B, 3, H, W)``.
+
+    Values are scaled to [0, 1], then normalised per channel with the model config's
+    ``mean`` and ``std`` (tensors shaped ``(1, 3, 1, 1)``, or three numbers each), as
+    the network was trained.  The engine's graph, training and evaluation all use this.
+    """
+    if not isinstance(mean, torch.Tensor):
+        mean = torch.tensor(mean, dtype=torch.float32, device=tiles.device).view(1, 3, 1, 1)
+    if not isinstance(std, torch.Tensor):
+        std = torch.tensor(std, dtype=torch.float32, device=tiles.device).view(1, 3, 1, 1)
+    return (tiles.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
 def maps_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -67,6 +87,4 @@ class TileMaps(nn.Module):
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        x = tiles.permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean) / self.std
-        return maps_from_logits(self.net(x))
+        return maps_from_logits(self.net(normalise_tiles(tiles, self.mean, self.std)))
