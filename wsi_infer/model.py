@@ -7,8 +7,8 @@ light upsampling path with skip features from a small convolutional stem at
 
 * ``foreground``: one logit, nucleus vs. background;
 * ``distance``: each nucleus' distance transform normalised to [0, 1]
-  (1 at its centre), which separates touching nuclei by marker-controlled
-  watershed;
+  (1 at its centre), whose peaks are the markers that separate touching
+  nuclei (see :mod:`wsi_infer.postprocess`);
 * ``type``: background + one logit per nucleus class.
 
 The encoder is built from a config; :func:`load_encoder_weights` copies in

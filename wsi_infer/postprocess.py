@@ -2,10 +2,11 @@
 
 The network gives, per pixel, a foreground probability, a distance map (each
 nucleus' normalised distance to its border, 1 at its centre) and class
-probabilities.  Instances come from marker-controlled watershed: markers are
-the connected regions where the distance exceeds ``marker_threshold``; the
-watershed of the inverted distance, restricted to the foreground, grows them
-to the nucleus borders.  Foreground regions holding no marker become one
+probabilities.  Instances grow from markers: the connected regions where the
+distance exceeds ``marker_threshold`` (a nucleus' core); every foreground pixel
+joins the nearest core of its own connected piece of foreground (no watershed:
+the rule depends only on that piece, so a nucleus comes out the same in every
+window holding it whole).  Foreground pieces holding no marker become one
 instance each.  Everything here is deterministic.
 
 Maps are kept compact while they travel between stages: one ``uint8`` array
