@@ -201,9 +201,9 @@ def run_one(
     log = log or EventLog(None)
     log.emit("slide_started", slide=str(slide), store=str(store))
 
-    def tracked(total: int, stage: str) -> ProgressEvents:
-        bar = progress(total, stage) if progress else None
-        return ProgressEvents(bar, log, str(slide), stage, total)
+    def tracked(total: int, stage: str, initial: int = 0) -> ProgressEvents:
+        bar = progress(total, stage, initial=initial) if progress else None
+        return ProgressEvents(bar, log, str(slide), stage, total, initial)
 
     try:
         summary = run_slide(

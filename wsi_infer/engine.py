@@ -100,7 +100,9 @@ PREDICT_BUSY = (
 )
 
 
-ProgressFactory = Callable[[int, str], Any]
+#: ``progress(total, description, initial=done)``: a tqdm-like bar (``update(n)``, ``close()``)
+#: that starts at ``initial`` (what a resumed run finds done already).
+ProgressFactory = Callable[..., Any]
 
 
 @dataclass
@@ -162,7 +164,7 @@ def run_slide(
     ``client`` is a ``distributed.Client``: predict tasks then run on its
     workers (each loads the model once; with ``device="cuda"`` they ask for one
     ``GPU`` resource each), given absolute paths they check.
-    ``progress(total, description)`` may return a tqdm-like bar.  Raises
+    ``progress(total, description, initial=done)`` may return a tqdm-like bar.  Raises
     :class:`~wsi_infer.errors.WsiInferError` subclasses for bad input; a run
     that fails midway leaves its store marked ``failed``, resumable once the
     cause is fixed.
@@ -440,9 +442,8 @@ def _run_stages(
     # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
     # reads is predicted, so post-processing overlaps the model instead of following it.
     tracker = RowTracker(todo, grid)
-    bar = progress(len(tiles), "predict") if progress else None
-    if bar is not None and len(tiles) > pending:
-        bar.update(len(tiles) - pending)
+    # a resumed run's bar starts at the tiles already done (and its rate counts only new ones)
+    bar = progress(len(tiles), "predict", initial=len(tiles) - pending) if progress else None
 
     busy = dict.fromkeys(PREDICT_BUSY, 0.0)
     busy_lock = threading.Lock()  # results arrive in the predict threads
