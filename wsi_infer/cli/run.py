@@ -47,7 +47,7 @@ EXIT_SOME_FAILED = 3
     "-m",
     default="default",
     show_default=True,
-    help="Bundled model name or checkpoint directory.",
+    help="Bundled model name, checkpoint directory, or exported MODEL.onnx (run by onnxruntime).",
 )
 @click.option(
     "--backend",

@@ -20,6 +20,8 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +61,32 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: What a user should see once in a while (a command shows it on stderr unless --quiet).
+notice = logging.getLogger("wsi_infer.notice")
+
+#: The logger of torch's ONNX exporter that warns, on every export without torchvision
+#: installed, that it skips torchvision's operators (nms, roi_align, ...).
+_TORCH_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _NoTorchvisionSkips(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping ..." records: no
+    wsi-infer model uses torchvision's operators, so they only worry users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextmanager
+def _without_torchvision_skips() -> Iterator[None]:
+    source = logging.getLogger(_TORCH_REGISTRATION_LOGGER)
+    quiet = _NoTorchvisionSkips()
+    source.addFilter(quiet)
+    try:
+        yield
+    finally:
+        source.removeFilter(quiet)
+
 
 #: ONNX metadata keys.
 META_CONFIG = "wsi_infer.config"
@@ -240,7 +268,7 @@ def _torch_export(
     if dynamic_hw:
         spec[1] = torch.export.Dim.AUTO
         spec[2] = torch.export.Dim.AUTO
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _without_torchvision_skips():
         # deprecation chatter from torch.export internals, not actionable here
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -511,5 +539,12 @@ def cached_onnx(
         logger.info("using cached ONNX export %s", path)
         return path
     logger.info("no cached ONNX export of %s; exporting to %s", ckpt, path)
+    notice.info("exporting the model for ONNX Runtime (once, ~30 s)")
+    started = time.perf_counter()
     export_onnx(ckpt, path, fp16=fp16, opset=opset, check=True)
+    notice.info(
+        "exported the model for ONNX Runtime in %.0f s (kept in %s)",
+        time.perf_counter() - started,
+        path.parent,
+    )
     return path
