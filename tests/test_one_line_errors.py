@@ -161,7 +161,7 @@ def test_exports_into_a_missing_folder_make_it(store: Path, tmp_path: Path) -> N
     )
     code, _, err = invoke("export", "overlay", store, "--out", tmp_path / "c" / "d")
     assert code == 0, err
-    assert (tmp_path / "c" / "d" / "overlay.png").is_file()
+    assert (tmp_path / "c" / "d" / f"{store.stem}.overlay.png").is_file()
 
 
 def test_exports_never_write_inside_a_store(store: Path, tmp_path: Path) -> None:

@@ -290,12 +290,13 @@ def test_overlay_pictures(real_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "qc"
     code, stdout, _ = invoke("export", "overlay", real_store, "--out", out, "--max-size", "300")
     assert code == 0 and "nuclei" in stdout
-    h, w = _png_shape(out / "overlay.png")
+    assert sorted(p.name for p in out.iterdir()) == ["he.overlay.png", "he.overlay_zoom.png"]
+    h, w = _png_shape(out / "he.overlay.png")
     assert max(h, w) <= 300
     assert abs(w - h * 512 / 768) <= 1.5  # the slide's aspect ratio
-    assert _png_shape(out / "overlay_zoom.png") == (512, 512)
+    assert _png_shape(out / "he.overlay_zoom.png") == (512, 512)
     # the nuclei's class colours are drawn
-    zoom = np.asarray(Image.open(out / "overlay_zoom.png").convert("RGB"))
+    zoom = np.asarray(Image.open(out / "he.overlay_zoom.png").convert("RGB"))
     table = read_table(real_store)
     present = {CLASS_COLOURS[t - 1] for t in table["type"].unique() if t}
     assert present
@@ -420,10 +421,10 @@ def test_existing_output_is_not_overwritten(
     assert load_geojson(out)["type"] == "FeatureCollection"
     qc = tmp_path / "qc"
     qc.mkdir()
-    (qc / "overlay.png").write_text("mine")
+    (qc / "known.overlay.png").write_text("mine")
     code, _, stderr = invoke("export", "overlay", store, "--out", qc)
-    _one_line_error(code, stderr, "overlay.png", "--overwrite")
-    assert (qc / "overlay.png").read_text() == "mine"
+    _one_line_error(code, stderr, "known.overlay.png", "--overwrite")
+    assert (qc / "known.overlay.png").read_text() == "mine"
 
 
 def test_overlay_without_the_slide_says_so(
