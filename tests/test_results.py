@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import shapely
 import zarr
-from helpers import invoke
+from helpers import invoke, one_line_error
 from numpy.typing import NDArray
 
 from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES
@@ -383,26 +383,18 @@ def test_inspect_prefers_stored_statistics(
 # --------------------------------------------------------------------------- errors
 
 
-def _one_line_error(code: int, stderr: str, *needles: str) -> None:
-    assert code == 1
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wsi-infer: error:"), stderr
-    for n in needles:
-        assert n in lines[0]
-
-
 def test_incomplete_store_is_refused(tmp_path: Path) -> None:
     labels, classes = known_labels()
     store = write_known_store(tmp_path / "run.zarr", labels, classes, status="running")
     out = tmp_path / "x.geojson"
     code, _, stderr = invoke("export", "geojson", store, out)
-    _one_line_error(code, stderr, str(store), "running")
+    one_line_error(code, stderr, str(store), "running")
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
     code, _, stderr = invoke("export", "overlay", store, "--out", tmp_path / "qc")
-    _one_line_error(code, stderr, "running")
+    one_line_error(code, stderr, "running")
     assert not (tmp_path / "qc").exists()
     code, _, stderr = invoke("export", "geojson", tmp_path / "nothing.zarr", out)
-    _one_line_error(code, stderr, "nothing.zarr")
+    one_line_error(code, stderr, "nothing.zarr")
     # inspect shows what is there, status included
     code, stdout, _ = invoke("inspect", store, "--json")
     assert code == 0 and json.loads(stdout)["status"] == "running"
@@ -415,7 +407,7 @@ def test_existing_output_is_not_overwritten(
     out = tmp_path / "x.geojson"
     out.write_text("mine")
     code, _, stderr = invoke("export", "geojson", store, out)
-    _one_line_error(code, stderr, str(out), "--overwrite")
+    one_line_error(code, stderr, str(out), "--overwrite")
     assert out.read_text() == "mine"
     assert invoke("export", "geojson", store, out, "--overwrite", "-q")[0] == 0
     assert load_geojson(out)["type"] == "FeatureCollection"
@@ -423,7 +415,7 @@ def test_existing_output_is_not_overwritten(
     qc.mkdir()
     (qc / "known.overlay.png").write_text("mine")
     code, _, stderr = invoke("export", "overlay", store, "--out", qc)
-    _one_line_error(code, stderr, "known.overlay.png", "--overwrite")
+    one_line_error(code, stderr, "known.overlay.png", "--overwrite")
     assert (qc / "known.overlay.png").read_text() == "mine"
 
 
@@ -432,7 +424,7 @@ def test_overlay_without_the_slide_says_so(
 ) -> None:
     store, _ = known
     code, _, stderr = invoke("export", "overlay", store, "--out", tmp_path)
-    _one_line_error(code, stderr, "--slide")
+    one_line_error(code, stderr, "--slide")
 
 
 def test_overlay_aligns_labels_finer_than_the_slide(

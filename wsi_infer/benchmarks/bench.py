@@ -904,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from wsi_infer.errors import WsiInferError
+    from wsi_infer.errors import WsiInferError, one_line_error
 
     args = build_parser().parse_args(argv)
     if args.child:
@@ -935,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             real_slides=args.slide,
         )
     except (WsiInferError, RuntimeError, ValueError, OSError) as exc:
-        print(f"wsi-infer-bench: error: {exc}", file=sys.stderr)
+        print(one_line_error("wsi-infer-bench", exc), file=sys.stderr)
         return 1
     paths = save(result, args.out_dir, args.name, plots=not args.no_plot)
     print(format_table(result))

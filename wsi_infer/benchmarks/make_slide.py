@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from wsi_infer.errors import one_line_error
 from wsi_infer.files import atomic_write
 
 __all__ = [
@@ -562,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         info = make_slide(args.out, spec, nuclei_dir=args.nuclei_dir)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"make_slide: error: {exc}", file=sys.stderr)
+        print(one_line_error("make_slide", exc), file=sys.stderr)
         return 1
     print(
         f"{info.path}: {w} x {h} px at {args.mpp} mpp, levels "

@@ -9,6 +9,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from wsi_infer.errors import one_line_error
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -77,7 +79,7 @@ def verbose_option(f: F) -> F:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr, then exit non-zero (no traceback)."""
-    click.echo(f"wsi-infer: error: {message}", err=True)
+    click.echo(one_line_error("wsi-infer", message), err=True)
     sys.exit(code)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from wsi_infer.errors import WsiInferError
+from wsi_infer.errors import WsiInferError, one_line_error
 from wsi_infer.export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
 
 __all__ = ["build_parser", "main", "read_slide_tiles"]
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             sys.stdout.write(f"engine       {engine}\n")
     except (WsiInferError, ValueError, OSError) as exc:
-        sys.stderr.write(f"wsi-infer-export: error: {exc}\n")
+        sys.stderr.write(one_line_error("wsi-infer-export", exc) + "\n")
         return 2
     return 0
 
