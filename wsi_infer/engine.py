@@ -313,6 +313,7 @@ def _run_locked(
                 run_mpp=job.run_mpp,
                 class_names=cfg.class_names,
                 class_colours=cfg.class_colours,
+                head=cfg.head,
                 attrs=attrs,
             ),
         )
@@ -417,7 +418,9 @@ def _run_stages(
     bs = params.batch_size
     batches = [tiles[k : k + bs] for k in range(0, len(tiles), bs)]
     todo = [
-        (k, b) for k, b in enumerate(batches) if not all(tile_done(maps, grid, tile) for tile in b)
+        (k, b)
+        for k, b in enumerate(batches)
+        if not all(tile_done(maps, grid, tile, backend.config.head) for tile in b)
     ]
     pending = sum(len(b) for _, b in todo)
     job = PredictJob(
