@@ -14,7 +14,8 @@ from typing import Any
 import click
 import torch
 
-from wsi_infer.config import ARCHITECTURES
+from wsi_infer.config import ARCHITECTURES, DEFAULT_FAMILY
+from wsi_infer.registry import model_info
 from wsi_infer.training.data import FolderSource, PanNukeFold, Source, group_of, split_by_group
 
 __all__ = ["eval_main", "train_main", "tune_main"]
@@ -83,6 +84,11 @@ def train_parser() -> argparse.ArgumentParser:
         help="carve this fraction of each --data folder's source images out for validation",
     )
     m = p.add_argument_group("model")
+    m.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        help=f"model family, one of the registry's (default {DEFAULT_FAMILY})",
+    )
     m.add_argument("--arch", default="b0", choices=sorted(ARCHITECTURES), help="MiT size")
     m.add_argument(
         "--encoder-weights",
@@ -210,6 +216,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         config = ModelConfig(
             name=args.name,
             version=args.model_version,
+            family=args.family,
             arch=args.arch,
             mpp=args.mpp,
             tile_size=(tile := args.tile_size or crops[-1]),
@@ -229,6 +236,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 **({"licence": args.licence} if args.licence else {}),
             },
         )
+        model_info(config.family)  # an unknown family fails here, in one line
     except CheckpointError as exc:
         raise SystemExit(f"wsi-infer-train: {exc}") from None
     if args.types_only and args.init is None:
