@@ -60,6 +60,7 @@ from wsi_infer.predict import (
     RowTracker,
     execute,
     missing_tiles,
+    model_slots,
     predict_tiles,
     tile_done,
 )
@@ -433,7 +434,9 @@ def _run_stages(
         maps,
         BackendSpec.of(backend),
     )
-    local = None if client is not None else (backend, threading.Lock(), reader)
+    slots = model_slots(backend, params.workers)
+    timings["model_slots"] = slots
+    local = None if client is not None else (backend, threading.BoundedSemaphore(slots), reader)
     # Top rows first (an explicit priority, see wsi_infer.scheduler), so stage 2 can start
     # on the first bands while the model works further down.
     tasks = [

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,25 @@ logger = logging.getLogger(__name__)
 BackendSpec = BackendRecipe
 
 
+def model_slots(backend: Backend, workers: int) -> int:
+    """How many of ``workers`` threads may call ``backend`` at once: its
+    :attr:`~wsi_infer.backends.Backend.concurrency`, at least 1."""
+    return max(1, min(workers, getattr(backend, "concurrency", 1)))
+
+
+def _worker_threads() -> int:
+    """Threads of the dask worker running this task (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
 @functools.lru_cache(maxsize=4)
-def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
-    """One model (and one lock serialising its calls) per process and spec."""
+def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.BoundedSemaphore]:
+    """One model (and the slots admitting its concurrent calls) per process and spec."""
     backend = spec.build()
     if spec.sha256 and backend.model_sha256 != spec.sha256:
         raise CheckpointError(
@@ -59,7 +76,7 @@ def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
             f"(sha256 {backend.model_sha256[:12]} != {spec.sha256[:12]}); give every worker "
             "the same model file"
         )
-    return backend, threading.Lock()
+    return backend, threading.BoundedSemaphore(model_slots(backend, _worker_threads()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -138,13 +155,14 @@ class PredictResult:
 def predict_tiles(
     job: PredictJob,
     tiles: Sequence[tuple[int, int]],
-    local: tuple[Backend, threading.Lock, GridReader] | None = None,
+    local: tuple[Backend, AbstractContextManager[Any], GridReader] | None = None,
 ) -> PredictResult:
     """Read, infer and store the maps of ``tiles``; returns them with the task's timings.
 
-    ``local`` passes the caller's backend, lock and reader (threads of one
+    ``local`` passes the caller's backend, model slots and reader (threads of one
     process); without it, the worker's own (cached) ones are used.
     """
+    lock: AbstractContextManager[Any]
     if local is None:
         maps = _process_maps(job.store, job.store_id)
         reader = _process_reader(job.slide, job.scale, job.slide_content)
