@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +29,12 @@ from wsi_infer.heads import Head
 from wsi_infer.identity import slide_identity
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.recipe import BackendRecipe
-from wsi_infer.scheduler import Call, run_prioritised, submit_prioritised
 from wsi_infer.tiling import TileGrid
 
 __all__ = [
     "BackendSpec",
     "PredictJob",
     "PredictResult",
-    "RowTracker",
-    "execute",
     "missing_tiles",
     "predict_tiles",
     "tile_done",
@@ -202,48 +199,6 @@ def predict_tiles(
     )
 
 
-class RowTracker:
-    """Which tile rows are fully predicted; lets stage 2 wait for the rows it reads."""
-
-    def __init__(self, todo: list[tuple[int, list[tuple[int, int]]]], grid: TileGrid) -> None:
-        self.grid = grid
-        self.missing = [0] * grid.shape[0]
-        for _, batch in todo:
-            for i, _j in batch:
-                self.missing[i] += 1
-        self.error: BaseException | None = None
-        self.finished = False
-        self.finished_at = time.perf_counter()
-        self._cond = threading.Condition()
-
-    def done(self, tiles: list[tuple[int, int]]) -> None:
-        with self._cond:
-            for i, _j in tiles:
-                self.missing[i] -= 1
-            self._cond.notify_all()
-
-    def finish(self) -> None:
-        with self._cond:
-            self.finished, self.finished_at = True, time.perf_counter()
-            self._cond.notify_all()
-
-    def fail(self, exc: BaseException) -> None:
-        with self._cond:
-            self.error, self.finished = exc, True
-            self._cond.notify_all()
-
-    def wait_rows(self, y: int) -> None:
-        """Block until the maps above grid row ``y`` are final; re-raise stage 1's error."""
-        last = min((y - 1) // self.grid.stride, self.grid.shape[0] - 1)
-        with self._cond:
-            while True:
-                if self.error is not None:
-                    raise self.error
-                if self.finished or not any(self.missing[: last + 1]):
-                    return
-                self._cond.wait()
-
-
 def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int], head: Head) -> bool:
     """A tile is done when its chunk is on disk: the head's ``done_channel`` is never 0
     in a written tile."""
@@ -267,19 +222,3 @@ def missing_tiles(store: Any, tiles: Sequence[tuple[int, int]]) -> list[tuple[in
         if len(parts) == 3 and parts[2] == "0" and parts[0].isdigit() and parts[1].isdigit():
             present.add((int(parts[0]), int(parts[1])))
     return [t for t in tiles if t not in present]
-
-
-def execute(
-    calls: list[Call[Any]],
-    client: Any,
-    workers: int,
-    on_result: Callable[[Any], None] | None,
-    resources: dict[str, float] | None = None,
-) -> list[Any]:
-    """Run ``calls`` in ``workers`` threads of this process, or on ``client``'s workers,
-    most urgent first (see :mod:`wsi_infer.scheduler`); results in order."""
-    if not calls:
-        return []
-    if client is not None:
-        return submit_prioritised(client, calls, on_result, resources)
-    return run_prioritised(calls, workers, on_result)
