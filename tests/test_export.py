@@ -205,7 +205,9 @@ def test_parity_check_catches_a_different_model(fp32: ExportReport) -> None:
     other = NucleusSegFormer(CONFIG).eval()
     x = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8)
     with pytest.raises(ParityError, match="beyond the bound"):
-        _parity(TileMaps(other, CONFIG).eval(), fp32.onnx_path, x, None, "fp32", None, None)
+        _parity(
+            TileMaps(other, CONFIG).eval(), fp32.onnx_path, x, None, "fp32", None, None, CONFIG.head
+        )
 
 
 def test_contract_missing_is_a_checkpoint_error(tmp_path: Path) -> None:

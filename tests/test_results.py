@@ -20,7 +20,7 @@ import zarr
 from helpers import invoke, one_line_error
 from numpy.typing import NDArray
 
-from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES
+from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES, ModelConfig
 from wsi_infer.geojson import _Band
 from wsi_infer.store import ATTR, append_table, create_store, read_table
 from wsi_infer.verify import seal_complete
@@ -107,6 +107,7 @@ def write_known_store(
         run_mpp=run_mpp,
         class_names=CLASS_NAMES,
         class_colours=CLASS_COLOURS,
+        head=ModelConfig().head,
         attrs=attrs,
     )
     ids = np.arange(1, int(labels.max()) + 1)

@@ -184,8 +184,6 @@ GPU_HINT = (
 )
 _INPUT = "tiles"
 _OUTPUT = "maps"
-#: Channels of the compact maps every backend returns.
-MAP_CHANNELS = 4
 
 
 def _check_tiles(tiles: NDArray[Any]) -> NDArray[np.uint8]:
@@ -379,8 +377,9 @@ class OnnxRuntimeBackend:
         if self._in is None or tuple(self._in.shape()) != x.shape:
             b, h, w, _ = x.shape
             self._in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self._index)
+            head = self.config.head
             self._out = ort.OrtValue.ortvalue_from_shape_and_type(
-                (b, h, w, MAP_CHANNELS), np.uint8, "cuda", self._index
+                (b, *head.scratch_shape(h, w)), np.dtype(head.map_dtype), "cuda", self._index
             )
             binding = self._session.io_binding()
             binding.bind_ortvalue_input(_INPUT, self._in)
@@ -478,10 +477,11 @@ class TensorRTBackend:
             raise CheckpointError(f"{engine_path}: TensorRT cannot deserialize the engine")
         self.config = ModelConfig.from_dict(info.config)
         out_dims = tuple(engine.get_tensor_shape(_OUTPUT))
-        if len(out_dims) != 4 or out_dims[3] not in (-1, MAP_CHANNELS):
+        channels = self.config.head.num_map_channels
+        if len(out_dims) != 4 or out_dims[3] not in (-1, channels):
             raise CheckpointError(
                 f"{engine_path}: the engine outputs {out_dims}, the engine needs (batch, height, "
-                f"width, {MAP_CHANNELS}) maps; rebuild it with wsi-infer-export"
+                f"width, {channels}) maps; rebuild it with wsi-infer-export"
             )
         self.precision = info.precision
         self.engine_path = engine_path
@@ -530,8 +530,11 @@ class TensorRTBackend:
         with torch.inference_mode():
             if self._in is None or tuple(self._in.shape) != x.shape:
                 self._in = torch.empty(x.shape, dtype=torch.uint8, device=self._dev)
+                head = self.config.head
                 self._out = torch.empty(
-                    (b, h, w, MAP_CHANNELS), dtype=torch.uint8, device=self._dev
+                    (b, *head.scratch_shape(h, w)),
+                    dtype=getattr(torch, head.map_dtype),
+                    device=self._dev,
                 )
             self._in.copy_(torch.from_numpy(x))
             ctx = self._context
@@ -567,15 +570,18 @@ def _check_outputs(onnx_path: Path, session: Any, config: ModelConfig) -> None:
             f"{onnx_path}: the model fails on a {tuple(probe_shape)} probe ({exc})"
         ) from exc
     b, h, w, _ = probe_shape
-    want = (b, h, w, MAP_CHANNELS)
-    if tuple(out.shape) != want or out.dtype != np.uint8:
+    head = config.head
+    want = (b, *head.scratch_shape(h, w))
+    if tuple(out.shape) != want or out.dtype != np.dtype(head.map_dtype):
         raise CheckpointError(
             f"{onnx_path}: the model outputs {out.dtype} {tuple(out.shape)} for a "
-            f"{tuple(probe_shape)} input, the engine needs uint8 {want} maps (foreground, "
-            "distance, nucleus class, its probability); this file and its metadata do not "
+            f"{tuple(probe_shape)} input, the engine needs {head.map_dtype} {want} maps "
+            f"({', '.join(head.map_channels)}); this file and its metadata do not "
             "belong together: export the model again with wsi-infer-export"
         )
-    classes = out[..., 2]
+    if head.class_channel is None:
+        return
+    classes = out[..., head.class_channel]
     if classes.min() < 1 or classes.max() > config.num_classes:
         raise CheckpointError(
             f"{onnx_path}: the model gives nucleus classes {int(classes.min())}.."

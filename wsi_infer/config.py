@@ -19,12 +19,16 @@ from typing import Any
 from wsi_infer.errors import CheckpointError
 from wsi_infer.files import file_sha256
 
+if typing.TYPE_CHECKING:
+    from wsi_infer.heads import Head
+
 __all__ = [
     "ARCHITECTURES",
     "BUNDLED_MODELS",
     "CLASS_COLOURS",
     "CLASS_NAMES",
     "CONFIG_FILE",
+    "DEFAULT_FAMILY",
     "WEIGHTS_FILE",
     "ModelConfig",
     "file_sha256",
@@ -34,6 +38,8 @@ __all__ = [
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: The model family of a config that names none (see :mod:`wsi_infer.registry`).
+DEFAULT_FAMILY = "segformer"
 #: Models shipped inside the package, by name.
 BUNDLED_MODELS = ("default",)
 
@@ -105,6 +111,7 @@ class ModelConfig:
 
     name: str = "wsi-infer-nuclei"
     version: str = "0"
+    family: str = DEFAULT_FAMILY
     arch: str = "b0"
     mpp: float = 0.25
     tile_size: int = 256
@@ -127,6 +134,8 @@ class ModelConfig:
         if wrong:  # the checks below compare values: types first
             raise CheckpointError("invalid model config: " + "; ".join(wrong))
         problems = []
+        if not self.family.replace("_", "").replace("-", "").isalnum():
+            problems.append(f"family {self.family!r} is not a model family's name")
         if self.arch not in ARCHITECTURES:
             problems.append(f"arch {self.arch!r} is not one of {sorted(ARCHITECTURES)}")
         if not 0.01 <= self.mpp <= 100:
@@ -184,9 +193,17 @@ class ModelConfig:
         return len(self.class_names)
 
     @property
+    def head(self) -> Head:
+        """The output head of this config's model family (see :mod:`wsi_infer.heads`):
+        its logit channels, the logits -> maps step and the maps' layout."""
+        from wsi_infer.registry import model_head
+
+        return model_head(self)
+
+    @property
     def out_channels(self) -> int:
-        """Foreground logit, distance map, then background + class logits."""
-        return 2 + 1 + self.num_classes
+        """Output channels of the network (the head's)."""
+        return self.head.out_channels
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -317,6 +317,7 @@ def _run_locked(
                 run_mpp=job.run_mpp,
                 class_names=cfg.class_names,
                 class_colours=cfg.class_colours,
+                head=cfg.head,
                 attrs=attrs,
             ),
         )
@@ -420,7 +421,7 @@ def _run_stages(
         params.batch_size,
         band_rows=params.label_chunk,
         margin=params.margin,
-        done=functools.partial(tile_done, maps, sj.grid),
+        done=functools.partial(tile_done, maps, sj.grid, head=sj.backend.config.head),
     )
     nuclei = _predict_and_segment(root, sj, plan, timings, progress, client)
     _check_all_predicted(sj.out, tiles)

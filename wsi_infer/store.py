@@ -32,7 +32,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -41,6 +41,9 @@ from zarr.codecs import BloscCodec
 
 from wsi_infer.errors import IncompleteStoreError, OutputExistsError, RemoteStorageError
 from wsi_infer.location import RemotePath, StorePath, parse_location, remove_tree
+
+if TYPE_CHECKING:
+    from wsi_infer.heads import Head
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -223,9 +226,11 @@ def create_store(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
+    head: Head,
     attrs: dict[str, Any],
 ) -> zarr.Group:
-    """Create the store's arrays (empty) with ``status: running``.
+    """Create the store's arrays (empty) with ``status: running``; the scratch maps have
+    the layout of the model's ``head``.
 
     The store is made under a temporary name beside ``path`` and renamed into
     place: ``path`` never holds a store without its attributes.  In object
@@ -240,6 +245,7 @@ def create_store(
         "run_mpp": run_mpp,
         "class_names": class_names,
         "class_colours": class_colours,
+        "head": head,
     }
     if isinstance(path, RemotePath):
         _create_arrays(path, attrs=attrs, status=CREATING, **layout)
@@ -259,6 +265,7 @@ def create_store(
             run_mpp=run_mpp,
             class_names=class_names,
             class_colours=class_colours,
+            head=head,
             attrs=attrs,
         )
         os.rename(path, final)  # fails if ``final`` exists: nothing is replaced
@@ -279,6 +286,7 @@ def _create_arrays(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
+    head: Head,
     attrs: dict[str, Any],
     status: str = "running",
 ) -> None:
@@ -339,9 +347,9 @@ def _create_arrays(
     # (written once per tile, read once by segmentation), at the same size.
     scratch.create_array(
         "maps",
-        shape=(h, w, 4),
-        chunks=(map_chunk, map_chunk, 4),
-        dtype="uint8",
+        shape=head.scratch_shape(h, w),
+        chunks=head.scratch_shape(map_chunk, map_chunk),
+        dtype=head.map_dtype,
         fill_value=0,
         compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
     )

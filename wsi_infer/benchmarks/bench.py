@@ -304,10 +304,11 @@ def _model_checkpoint(model: str, cache: Path) -> str:
         import torch
 
         from wsi_infer.config import ModelConfig
-        from wsi_infer.model import NucleusSegFormer, save_checkpoint
+        from wsi_infer.model import save_checkpoint
+        from wsi_infer.registry import create_model
 
         torch.manual_seed(0)
-        save_checkpoint(NucleusSegFormer(ModelConfig()), out)
+        save_checkpoint(create_model(ModelConfig()), out)
     return str(out)
 
 

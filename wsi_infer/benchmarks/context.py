@@ -114,7 +114,8 @@ def predict_tiled(
 
 
 def _module(design: Design) -> tuple[torch.nn.Module, Any]:
-    from wsi_infer.model import NucleusSegFormer, load_model
+    from wsi_infer.model import load_model
+    from wsi_infer.registry import create_model
 
     loaded = load_model(design.checkpoint)
     config = dataclasses.replace(
@@ -122,7 +123,7 @@ def _module(design: Design) -> tuple[torch.nn.Module, Any]:
         attention_window=design.attention_window,
         overlap=design.overlap,
     )
-    module = NucleusSegFormer(config)
+    module = create_model(config)
     module.load_state_dict(loaded.module.state_dict())
     return module.eval(), config
 

@@ -1,4 +1,4 @@
-"""Export a :class:`~wsi_infer.model.NucleusSegFormer` to ONNX with its contract; check parity.
+"""Export a registered model (:mod:`wsi_infer.registry`) to ONNX with its contract; check parity.
 
 The exported graph is the model as the engine runs it
 (:class:`~wsi_infer.tilemaps.TileMaps`): ``uint8 (B, H, W, 3)`` RGB tiles in
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-    from wsi_infer.model import NucleusSegFormer
+    from wsi_infer.heads import Head
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -181,18 +181,23 @@ def _require(module: str) -> ModuleType:
         ) from exc
 
 
-def _resolve_model(model: Any) -> tuple[NucleusSegFormer, str, str]:
-    """(module in eval mode, source sha256 or "", human-readable source)."""
-    from wsi_infer.model import LoadedModel, NucleusSegFormer, load_model
+def _resolve_model(model: Any) -> tuple[torch.nn.Module, ModelConfig, str, str]:
+    """(module in eval mode, its config, source sha256 or "", human-readable source)."""
+    from torch import nn
 
-    if isinstance(model, NucleusSegFormer):
-        return model.eval(), "", type(model).__name__
+    from wsi_infer.model import LoadedModel, load_model
+    from wsi_infer.registry import module_config
+
+    if isinstance(model, nn.Module) and isinstance(getattr(model, "config", None), ModelConfig):
+        return model.eval(), module_config(model), "", type(model).__name__
     if isinstance(model, LoadedModel):
-        return model.module.eval(), model.sha256, model.source
+        return model.module.eval(), model.config, model.sha256, model.source
     if isinstance(model, (str, Path)):
         loaded = load_model(model)
-        return loaded.module.eval(), loaded.sha256, loaded.source
-    raise TypeError(f"cannot export {type(model).__name__}; pass a checkpoint or NucleusSegFormer")
+        return loaded.module.eval(), loaded.config, loaded.sha256, loaded.source
+    raise TypeError(
+        f"cannot export {type(model).__name__}; pass a checkpoint or a model made by create_model"
+    )
 
 
 def check_tiles(tiles: NDArray[Any], config: ModelConfig) -> NDArray[np.uint8]:
@@ -324,7 +329,8 @@ def export_onnx(
     """Export ``model`` to ``out_path`` and prove it matches PyTorch.
 
     ``model``: a checkpoint directory, a bundled model's name, a
-    :class:`~wsi_infer.model.LoadedModel` or a :class:`NucleusSegFormer`.
+    :class:`~wsi_infer.model.LoadedModel` or a network made by
+    :func:`~wsi_infer.registry.create_model`.
     ``batch``: ``None`` exports a dynamic batch axis, an int fixes it.
     ``dynamic_hw``: export dynamic height/width (any multiple of the config's
     ``input_multiple``); else the config's ``tile_size`` is fixed.  ``fp16``:
@@ -341,8 +347,7 @@ def export_onnx(
 
     from wsi_infer.tilemaps import TileMaps
 
-    net, source_sha256, source = _resolve_model(model)
-    config: ModelConfig = net.config
+    net, config, source_sha256, source = _resolve_model(model)
     module = TileMaps(net, config).eval()
     precision = "fp16" if fp16 else "fp32"
     out = Path(out_path)
@@ -378,10 +383,11 @@ def export_onnx(
             "wsi_infer.exporter": f"torch {torch.__version__}",
         },
     )
+    head = config.head
     proto.doc_string = (
         f"wsi-infer nucleus model {config.name} v{config.version} ({config.arch}, {precision}); "
-        f"input {INPUT_NAME} uint8 (B,H,W,3) RGB; output {OUTPUT_NAME} uint8 (B,H,W,4) "
-        "foreground, distance, nucleus class 1..K, its probability (0..255)"
+        f"input {INPUT_NAME} uint8 (B,H,W,3) RGB; output {OUTPUT_NAME} {head.map_dtype} "
+        f"(B,H,W,{head.num_map_channels}) {', '.join(head.map_channels)}"
     )
 
     with atomic_write(out, ".tmp") as tmp:
@@ -399,7 +405,9 @@ def export_onnx(
                 raise ValueError(
                     f"tiles are {parity_tiles.shape[1:3]} but the model is fixed at {hw}"
                 )
-            stats = _parity(module, tmp, parity_tiles, batch, precision, max_step, max_flips)
+            stats = _parity(
+                module, tmp, parity_tiles, batch, precision, max_step, max_flips, config.head
+            )
 
     report = ExportReport(
         onnx_path=out,
@@ -435,9 +443,11 @@ def _parity(
     precision: str,
     max_step: int | None,
     max_flips: float | None,
+    head: Head,
 ) -> tuple[int, float, float, tuple[int, float]]:
     """(max probability step, mean step, share of pixels whose class differs, bound);
-    raises ParityError beyond the bound."""
+    raises ParityError beyond the bound.  ``head`` says which map channels are
+    probabilities and which the class."""
     import torch
 
     session = _ort_session(path)
@@ -457,16 +467,18 @@ def _parity(
             raise ParityError(
                 f"{path}: ONNX maps {got.dtype} {got.shape} != torch {ref.dtype} {ref.shape}"
             )
-        diff = np.abs(got[..., [0, 1, 3]].astype(np.int16) - ref[..., [0, 1, 3]])
+        probs = list(head.probability_channels)
+        diff = np.abs(got[..., probs].astype(np.int16) - ref[..., probs])
         worst = max(worst, int(diff.max()))
         sum_diff += float(diff.sum())
-        flips += int((got[..., 2] != ref[..., 2]).sum())
+        if head.class_channel is not None:
+            flips += int((got[..., head.class_channel] != ref[..., head.class_channel]).sum())
         count += got[..., 0].size
     if count == 0:
         raise ValueError(f"parity check needs at least {batch} tiles for a fixed-batch export")
     a, r = TOLERANCES[precision]
     bound = (a if max_step is None else max_step, r if max_flips is None else max_flips)
-    mean_diff, flipped = sum_diff / (3 * count), flips / count
+    mean_diff, flipped = sum_diff / (len(head.probability_channels) * count), flips / count
     if worst > bound[0] or flipped > bound[1]:
         raise ParityError(
             f"{path}: {precision} ONNX maps differ from torch by up to {worst}/255 "

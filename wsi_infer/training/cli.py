@@ -29,7 +29,7 @@ from wsi_infer.cli.options import (
     threads_option,
     tile_size_option,
 )
-from wsi_infer.config import ARCHITECTURES
+from wsi_infer.config import ARCHITECTURES, DEFAULT_FAMILY
 from wsi_infer.errors import one_line_error
 
 if TYPE_CHECKING:
@@ -108,6 +108,12 @@ _TIME_UNITS = "MINUTES (a number; or with a unit: 216m, 3.6h, 90s)"
     help="carve this fraction of each --data folder's source images out for validation",
 )
 # model
+@click.option(
+    "--family",
+    default=DEFAULT_FAMILY,
+    show_default=True,
+    help="model family, one of the model registry's (wsi_infer.registry.list_models)",
+)
 @click.option(
     "--arch",
     default="b0",
@@ -215,6 +221,7 @@ def train_command(**options: Any) -> int:
     """Train the nucleus model on PanNuke folds and/or images/+labels.npz folders."""
     from wsi_infer.config import ModelConfig
     from wsi_infer.errors import CheckpointError
+    from wsi_infer.registry import model_info
     from wsi_infer.training.data import FolderSource, group_of, split_by_group
     from wsi_infer.training.loop import TrainSettings, train
     from wsi_infer.training.losses import LossWeights
@@ -249,6 +256,7 @@ def train_command(**options: Any) -> int:
         config = ModelConfig(
             name=args.name,
             version=args.model_version,
+            family=args.family,
             arch=args.arch,
             mpp=args.mpp,
             tile_size=(tile := args.tile_size or crops[-1]),
@@ -268,6 +276,7 @@ def train_command(**options: Any) -> int:
                 **({"licence": args.licence} if args.licence else {}),
             },
         )
+        model_info(config.family)  # an unknown family fails here, in one line
     except CheckpointError as exc:
         raise SystemExit(one_line_error("wsi-infer-train", exc)) from None
     if args.types_only and args.init is None:
