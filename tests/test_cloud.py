@@ -285,6 +285,7 @@ def test_a_store_left_creating_by_a_kill_is_made_again(prefix: str, crops: list[
         run_mpp=0.5,
         class_names=("a",),
         class_colours=((1, 2, 3),),
+        head=backend.config.head,
         info=StoreInfo(
             model=ModelRecord(),
             slide=SlideRecord(path="x.svs", mpp=0.5),

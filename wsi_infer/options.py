@@ -125,7 +125,8 @@ class RunOptions:
         metadata=option(
             "--model",
             "-m",
-            help="Bundled model name, checkpoint directory or ONNX file.",
+            help="Bundled model name, checkpoint directory, or exported MODEL.onnx (run by "
+            "onnxruntime).",
             fingerprint=True,  # as the model's identity (the hash of what runs)
         ),
     )

@@ -32,7 +32,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -43,6 +43,9 @@ from wsi_infer.errors import IncompleteStoreError, OutputExistsError, RemoteStor
 from wsi_infer.location import RemotePath, StorePath, parse_location, remove_tree
 from wsi_infer.storeinfo import ATTR, StoreInfo
 
+if TYPE_CHECKING:
+    from wsi_infer.heads import Head
+
 __all__ = [
     "ATTR",
     "TABLE_COLUMNS",
@@ -51,6 +54,7 @@ __all__ = [
     "open_result",
     "prepare_output",
     "read_table",
+    "refuse_existing",
     "refuse_inside_store",
     "remove_creating",
     "remove_leftovers",
@@ -112,6 +116,17 @@ def refuse_inside_store(path: StorePath, what: str) -> None:
         )
 
 
+def refuse_existing(path: StorePath, overwrite: bool) -> bool:
+    """Whether output ``path`` exists (a dangling link counts); if it does and not
+    ``overwrite``, raise :class:`OutputExistsError` saying how to go on."""
+    exists = path.exists() or path.is_symlink()
+    if exists and not overwrite:
+        raise OutputExistsError(
+            f"{path}: already exists; pass --overwrite to replace it, or choose another output"
+        )
+    return exists
+
+
 def _describe(path: StorePath) -> str:
     if path.is_symlink():
         return "a symbolic link"
@@ -128,12 +143,8 @@ def prepare_output(path: StorePath, overwrite: bool) -> None:
     Only a wsi-infer store (or an empty folder) is ever removed: anything else
     at ``path`` is an error even with ``overwrite``.
     """
-    if not (path.exists() or path.is_symlink()):
+    if not refuse_existing(path, overwrite):
         return
-    if not overwrite:
-        raise OutputExistsError(
-            f"{path}: already exists; pass --overwrite to replace it, or choose another --out"
-        )
     if is_wsi_infer_store(path):
         remove_tree(path)
     elif (
@@ -219,9 +230,11 @@ def create_store(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
+    head: Head,
     info: StoreInfo,
 ) -> zarr.Group:
-    """Create the store's arrays (empty), its provenance ``info`` with ``status: running``.
+    """Create the store's arrays (empty), its provenance ``info`` with ``status: running``;
+    the scratch maps have the layout of the model's ``head``.
 
     The store is made under a temporary name beside ``path`` and renamed into
     place: ``path`` never holds a store without its attributes.  In object
@@ -236,6 +249,7 @@ def create_store(
         "run_mpp": run_mpp,
         "class_names": class_names,
         "class_colours": class_colours,
+        "head": head,
     }
     if isinstance(path, RemotePath):
         _create_arrays(path, info=info.updated(status=CREATING), **layout)
@@ -255,6 +269,7 @@ def create_store(
             run_mpp=run_mpp,
             class_names=class_names,
             class_colours=class_colours,
+            head=head,
             info=info.updated(status="running"),
         )
         os.rename(path, final)  # fails if ``final`` exists: nothing is replaced
@@ -275,6 +290,7 @@ def _create_arrays(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
+    head: Head,
     info: StoreInfo,
 ) -> None:
     # the attributes come with the group's first metadata: never a store without them
@@ -332,9 +348,9 @@ def _create_arrays(
     # (written once per tile, read once by segmentation), at the same size.
     scratch.create_array(
         "maps",
-        shape=(h, w, 4),
-        chunks=(map_chunk, map_chunk, 4),
-        dtype="uint8",
+        shape=head.scratch_shape(h, w),
+        chunks=head.scratch_shape(map_chunk, map_chunk),
+        dtype=head.map_dtype,
         fill_value=0,
         compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
     )

@@ -16,6 +16,7 @@ from wsi_infer.cli.common import (
     tqdm_progress,
     verbose_option,
 )
+from wsi_infer.errors import one_line_error
 from wsi_infer.location import parse_location
 from wsi_infer.options import RunOptions, run_option_decorators
 
@@ -194,6 +195,6 @@ def _run_many(
         if r.status != "failed":
             _warn(r.slide, r.warnings)
     for r in failed:
-        click.echo(f"wsi-infer: error: {r.error}", err=True)
+        click.echo(one_line_error("wsi-infer", r.error), err=True)
     if failed:
         sys.exit(EXIT_SOME_FAILED)
