@@ -34,7 +34,7 @@ def shared() -> Path:
     """The project's optional shared data, which a clone of the repository does not have:
     tests that need what only it holds are skipped, with the reason, without it."""
     if not SHARED.is_dir():
-        pytest.skip(f"optional shared data absent ({SHARED.name} folder beside the repository)")
+        pytest.skip("optional shared data absent (shared/data beside the repository)")
     return SHARED
 
 
