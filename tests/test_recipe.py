@@ -62,9 +62,10 @@ def test_bad_profiles_and_recipes_are_refused() -> None:
 def test_export_cli_takes_tile_sizes_and_batch_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from wsi_infer.export.cli import build_parser, main
+    from wsi_infer.export.cli import export_command, main
 
-    args = build_parser().parse_args(
+    args = export_command.make_context(
+        "wsi-infer-export",
         [
             "default",
             "--onnx",
@@ -80,9 +81,9 @@ def test_export_cli_takes_tile_sizes_and_batch_range(
             "8",
             "--max-batch",
             "64",
-        ]
-    )
-    assert (args.tile_sizes, args.min_batch, args.opt_batch, args.max_batch) == (
+        ],
+    ).params
+    assert (args["tile_sizes"], args["min_batch"], args["opt_batch"], args["max_batch"]) == (
         [512, 256],
         2,
         8,
@@ -136,3 +137,46 @@ def test_onnxruntime_recipe_keeps_precision_cache_and_threads(
     assert options.intra_op_num_threads == 1
     # its idle threads leave the cores to reading and segmentation
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="needs onnxruntime, onnx and onnxscript")
+def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The run's threads each get their share of the cores and call the model side by side;
+    the maps are those of one call at a time on all cores."""
+    import threading
+
+    from wsi_infer.backends import cpu_cores
+    from wsi_infer.predict import model_slots
+
+    params = RunParams(tile_size=256, overlap=32, batch_size=2, workers=2)
+    recipe = BackendRecipe.for_run("onnxruntime", tiny_model, params, cache_dir=tmp_path)
+    assert recipe.threads == max(1, cpu_cores() // 2)
+    shared = recipe.build()
+    assert shared.concurrency == cpu_cores() // recipe.threads
+    assert model_slots(shared, params.workers) == min(2, shared.concurrency)
+    assert model_slots(shared, 1) == 1
+    # torch has one intra-op pool per process: one call at a time, its threads untouched
+    assert BackendRecipe.for_run("torch", tiny_model, params).threads is None
+    alone = BackendRecipe.for_run(
+        "onnxruntime", tiny_model, params, threads=cpu_cores(), cache_dir=tmp_path
+    )
+    single = alone.build()
+    assert single.concurrency == 1
+
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8) for _ in range(4)]
+    expected = [single(b) for b in batches]
+    got: list[np.ndarray | None] = [None] * len(batches)
+
+    def call(k: int) -> None:
+        got[k] = shared(batches[k])
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(batches))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for e, g in zip(expected, got, strict=True):
+        assert g is not None and np.array_equal(e, g)

@@ -12,9 +12,15 @@ import pytest
 from localmodel import DarkNucleiBackend
 from numpy.typing import NDArray
 
-from wsi_infer import engine
+from wsi_infer import scheduler
 from wsi_infer.engine import RunParams, run_slide
-from wsi_infer.scheduler import Call, predict_priority, run_prioritised, submit_prioritised
+from wsi_infer.scheduler import (
+    Call,
+    ClusterExecution,
+    predict_priority,
+    run_prioritised,
+    submit_prioritised,
+)
 from wsi_infer.tissue import TissueParams
 
 
@@ -67,6 +73,9 @@ def test_a_dask_cluster_runs_the_most_urgent_first() -> None:
         priorities = [4, 8, 1, 6, 0, 9, 3, 2, 7, 5]
         calls = [Call(p, f"t{p}", _record, (p,)) for p in priorities]
         assert submit_prioritised(client, calls) == priorities  # results in the calls' order
+        assert sorted(priorities) == _RAN
+        _RAN.clear()
+        assert ClusterExecution(client).run(calls) == priorities  # the same, behind the interface
     assert sorted(priorities) == _RAN
 
 
@@ -152,7 +161,7 @@ def test_bottom_up_order_would_leave_segmentation_waiting(
 ) -> None:
     """The check above can fail: predicting bottom up, no band is ready halfway."""
     slide = make_slide("behind.tif", he_mosaic, mpp=0.25)
-    monkeypatch.setattr(engine, "predict_priority", lambda tiles: -predict_priority(tiles))
+    monkeypatch.setattr(scheduler, "predict_priority", lambda tiles: -predict_priority(tiles))
     monkeypatch.setattr(_HeldBackend, "__call__", _short_hold)
     backend, events = _run_held(slide, tmp_path / "behind.zarr")
     assert backend.segmented_while_held is False

@@ -13,6 +13,7 @@ make one with :func:`create_backend`.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ class Backend(Protocol):
     config: ModelConfig
     model_sha256: str
     model_source: str
+    #: How many calls may run at once in one process without oversubscribing the device:
+    #: 1 for a backend whose one call already uses every core (or the one GPU).
+    concurrency: int
 
     def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]: ...
 
@@ -120,6 +124,7 @@ class TorchBackend:
     """PyTorch eager inference, float32 (float16 autocast on CUDA), tiles to maps in one module."""
 
     name = "torch"
+    concurrency = 1  # torch's intra-op pool is one per process
 
     def __init__(
         self,
@@ -328,6 +333,15 @@ class OnnxRuntimeBackend:
         self.config = contract.config
         self.precision = contract.precision
         self.onnx_path = onnx_path
+        # A session runs calls from several threads at once.  On the CPU with a fixed number of
+        # intra-op threads, as many calls as fit the cores run side by side: each call then
+        # runs on its own threads, and no call waits for a core another stage has borrowed.
+        self.concurrency = (
+            max(1, cpu_cores() // threads)
+            if not on_gpu and threads is not None and threads > 0
+            else 1
+        )
+        self.onnx_path = onnx_path
         self.onnx_sha256 = _sha256(onnx_path)
         # the file that runs identifies the model: the checkpoint hash in its metadata is a
         # claim any file can copy, and fp16 and fp32 exports of one checkpoint differ
@@ -393,6 +407,7 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    concurrency = 1  # one execution context per engine
 
     def __init__(
         self,
@@ -564,6 +579,14 @@ def _check_outputs(onnx_path: Path, session: Any, config: ModelConfig) -> None:
             f"{int(classes.max())} where its config has 1..{config.num_classes}; this file and its metadata do not belong "
             "together: export the model again with wsi-infer-export"
         )
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _has_module(name: str) -> bool:

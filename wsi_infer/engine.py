@@ -1,14 +1,17 @@
 """The engine: slide in, every nucleus once in a zarr store out.
 
-This module runs one slide: tissue, the store, and the two stages, both scheduled
-with dask (local threads, or a dask.distributed cluster) and run side by side:
+This module tells the story of one slide's run: open the slide, find its tissue,
+create (or resume) the store, plan the work, predict and segment side by side, seal.
+What runs when -- the batches, their priorities, when a band may be segmented, and
+threads here or a dask.distributed cluster -- is :mod:`wsi_infer.scheduler`'s plan:
 
 1. **Predict.**  Tissue tiles (the model's input ``tile`` pixels, of which the
    central ``tile - overlap`` are kept) are read, batched and run through the
    backend; the compact maps of each tile's core go into the store's scratch
    array, one zarr chunk per tile.  Reading runs in parallel with the model,
    which one lock per process keeps to one batch at a time.  A chunk on disk is
-   a tile done: a run started again skips it.
+   a tile done: a run started again skips the batches whose tiles are all done
+   (batches are fixed by the tile list, so the model gets the same ones).
 2. **Segment and stitch.**  The seamless maps are cut into windows (bands of
    ``label_chunk`` rows, ``window_cols`` wide) read with a margin on every side.
    A nucleus belongs to the window whose core holds its centroid, so each one is
@@ -29,8 +32,8 @@ into the statistics, never into the result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import math
 import threading
 import time
 import uuid
@@ -38,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import zarr
@@ -57,15 +60,14 @@ from wsi_infer.predict import (
     BackendSpec,
     PredictJob,
     PredictResult,
-    RowTracker,
-    execute,
     missing_tiles,
+    model_slots,
     predict_tiles,
     tile_done,
 )
 from wsi_infer.reader import GridReader, Slide, open_slide, resolve_mpp
 from wsi_infer.resume import existing_store, fingerprint, slide_record
-from wsi_infer.scheduler import Call, predict_priority
+from wsi_infer.scheduler import Call, Predicting, PredictPlan, execution_for
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
     ATTR,
@@ -401,127 +403,171 @@ def _run_stages(
     progress: ProgressFactory | None,
     client: Any,
 ) -> tuple[int, int]:
-    grid, reader, backend, params = sj.grid, sj.reader, sj.backend, sj.params
-    scale, run_mpp = sj.scale, sj.run_mpp
+    """Predict and segment (side by side), check, then write the pyramids and statistics:
+    the number of nuclei and of tiles predicted."""
     info: Any = root.attrs[ATTR]
-    nuclei_arr: Any = root["labels/nuclei/0"]
-    types_arr: Any = root["labels/types/0"]
     if info.get("stage") == "written":  # only the scratch removal and the status were left
         return int(info["nuclei"]), 0
     maps: Any = root["_scratch/maps"]
+    params = sj.params
+    # Batches fixed by the tile list (a resumed run feeds the model the batches an
+    # uninterrupted one would), top rows first: see wsi_infer.scheduler.
+    plan = PredictPlan.build(
+        sj.grid,
+        tiles,
+        params.batch_size,
+        band_rows=params.label_chunk,
+        margin=params.margin,
+        done=functools.partial(tile_done, maps, sj.grid),
+    )
+    nuclei = _predict_and_segment(root, sj, plan, timings, progress, client)
+    _check_all_predicted(sj.out, tiles)
+    _write_results(root, sj, nuclei, timings)
+    return nuclei, plan.pending_tiles
 
-    # Stage 1: predict the tiles not on disk yet.
+
+def _predict_and_segment(
+    root: zarr.Group,
+    sj: _SlideJob,
+    plan: PredictPlan,
+    timings: dict[str, float],
+    progress: ProgressFactory | None,
+    client: Any,
+) -> int:
+    """Run the plan's batches in the background while segmentation follows band by band,
+    each band once every tile row it reads is predicted; returns the number of nuclei."""
     t = time.perf_counter()
-    # Batches are fixed by the tile list, so a resumed run feeds the model exactly the
-    # batches an uninterrupted one would (results can depend on a batch's make-up).
-    bs = params.batch_size
-    batches = [tiles[k : k + bs] for k in range(0, len(tiles), bs)]
-    todo = [
-        (k, b) for k, b in enumerate(batches) if not all(tile_done(maps, grid, tile) for tile in b)
-    ]
-    pending = sum(len(b) for _, b in todo)
+    info: Any = root.attrs[ATTR]
+    maps: Any = root["_scratch/maps"]
+    execution = execution_for(client, sj.params.workers, sj.backend.device)
     job = PredictJob(
         str(sj.slide.path),
         sj.identity.content,
         str(sj.out),
         str(info["store_id"]),
-        scale,
-        grid,
+        sj.scale,
+        sj.grid,
         maps,
-        BackendSpec.of(backend),
+        BackendSpec.of(sj.backend),
     )
-    local = None if client is not None else (backend, threading.Lock(), reader)
-    # Top rows first (an explicit priority, see wsi_infer.scheduler), so stage 2 can start
-    # on the first bands while the model works further down.
-    tasks = [
-        Call(predict_priority(b), f"predict-{k:09d}", predict_tiles, (job, b, local))
-        for k, b in todo
+    # Threads of this process share the client's model (its slots: how many calls at
+    # once) and reader.
+    slots = model_slots(sj.backend, sj.params.workers)
+    timings["model_slots"] = slots
+    local = (
+        (sj.backend, threading.BoundedSemaphore(slots), sj.reader) if execution.in_process else None
+    )
+    calls = [
+        Call(b.priority, b.name, predict_tiles, (job, list(b.tiles), local)) for b in plan.pending
     ]
-    # Stage 2 runs beside stage 1: a band is segmented as soon as every tile row it
-    # reads is predicted, so post-processing overlaps the model instead of following it.
-    tracker = RowTracker(todo, grid)
-    bar = progress(len(tiles), "predict") if progress else None
-    if bar is not None and len(tiles) > pending:
-        bar.update(len(tiles) - pending)
-
-    busy = dict.fromkeys(PREDICT_BUSY, 0.0)
-    busy_lock = threading.Lock()  # results arrive in the predict threads
-
-    def predicted(done: PredictResult) -> None:
-        with busy_lock:
-            for key in PREDICT_BUSY:
-                busy[key] += getattr(done, key.removeprefix("predict_"))
-            if bar is not None:
-                bar.update(len(done.tiles))
-        tracker.done(done.tiles)
-
-    resources = {"GPU": 1.0} if client is not None and backend.device.startswith("cuda") else None
-
-    def predict() -> None:
-        try:
-            execute(tasks, client, params.workers, predicted, resources)
-        except BaseException as exc:
-            tracker.fail(exc)
-        else:
-            tracker.finish()
-
-    worker = threading.Thread(target=predict, name="wsi-infer-predict", daemon=True)
-    worker.start()
-    reset_table(root)
-    n_bands = math.ceil(grid.height / params.label_chunk)
-    seg_bar = progress(n_bands, "segment") if progress else None
-    seg_seconds = 0.0
-    seg_busy: dict[str, float] = {}
-
-    def before_band(y: int) -> None:
-        nonlocal seg_seconds
-        tracker.wait_rows(y)
-        seg_seconds -= time.perf_counter()
-
-    def after_band(rows: dict[str, NDArray[Any]]) -> None:
-        nonlocal seg_seconds
-        seg_seconds += time.perf_counter()
-        _after_band(root, rows, seg_bar)
-
-    try:
+    # On an error the predict thread is left to end on its own (a batch cannot be
+    # cancelled midway); it only writes scratch chunks of this store.
+    with (
+        _PredictTally(progress, len(plan.tiles), plan.pending_tiles) as tally,
+        Predicting(plan, execution, calls, tally) as predicting,
+        _SegmentBands(root, progress, plan.n_bands, predicting.wait_rows) as segment,
+    ):
+        reset_table(root)
         nuclei = stitch(
             maps,
-            nuclei_arr,
-            types_arr,
-            params,
-            scale=scale,
-            run_mpp=run_mpp,
-            on_band=after_band,
-            before_band=before_band,
-            busy=seg_busy,
+            root["labels/nuclei/0"],  # type: ignore[arg-type]
+            root["labels/types/0"],  # type: ignore[arg-type]
+            sj.params,
+            scale=sj.scale,
+            run_mpp=sj.run_mpp,
+            on_band=segment.after_band,
+            before_band=segment.before_band,
+            busy=segment.busy,
         )
-        tracker.wait_rows(grid.height)  # all of stage 1, whatever the bands needed
-        worker.join()
-    finally:
-        # On an error the predict thread is left to end on its own (it cannot be
-        # cancelled midway); it only writes scratch chunks of this store.
-        for b in (bar, seg_bar):
-            if b is not None:
-                b.close()
-    timings["predict_s"] = tracker.finished_at - t
-    timings["segment_s"] = seg_seconds
-    timings.update(busy)
-    timings.update(seg_busy)
-    missing = missing_tiles(sj.out, tiles)
-    if missing:  # the tasks said done, but their maps are not in this store
+        finished_at = predicting.wait_all()  # all of stage 1, whatever the bands needed
+    timings["predict_s"] = finished_at - t
+    timings["segment_s"] = segment.seconds
+    timings.update(tally.busy)
+    timings.update(segment.busy)
+    return nuclei
+
+
+class _PredictTally:
+    """The predict tasks' busy time (:data:`PREDICT_BUSY`) and the predict progress bar,
+    fed with each result as it comes (in the predict threads)."""
+
+    def __init__(self, progress: ProgressFactory | None, tiles: int, pending: int) -> None:
+        self.busy = dict.fromkeys(PREDICT_BUSY, 0.0)
+        self._lock = threading.Lock()
+        self._bar = progress(tiles, "predict") if progress else None
+        if self._bar is not None and tiles > pending:
+            self._bar.update(tiles - pending)
+
+    def __call__(self, done: PredictResult) -> None:
+        with self._lock:
+            for key in PREDICT_BUSY:
+                self.busy[key] += getattr(done, key.removeprefix("predict_"))
+            if self._bar is not None:
+                self._bar.update(len(done.tiles))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class _SegmentBands:
+    """Segmentation's side of a run: before a band, ``wait`` for the rows it reads; after
+    it, append its table rows; the seconds spent segmenting (not waiting), its busy
+    times and the segment progress bar."""
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        progress: ProgressFactory | None,
+        bands: int,
+        wait: Callable[[int], None],
+    ) -> None:
+        self.root, self.wait = root, wait
+        self.seconds = 0.0
+        self.busy: dict[str, float] = {}
+        self._bar = progress(bands, "segment") if progress else None
+
+    def before_band(self, y: int) -> None:
+        self.wait(y)
+        self.seconds -= time.perf_counter()
+
+    def after_band(self, rows: dict[str, NDArray[Any]]) -> None:
+        self.seconds += time.perf_counter()
+        append_table(self.root, rows)
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _check_all_predicted(out: StorePath, tiles: list[tuple[int, int]]) -> None:
+    """Raise when a tile the tasks said done has no maps in the store at ``out``."""
+    missing = missing_tiles(out, tiles)
+    if missing:
         raise OutputWriteError(
-            f"{sj.out}: {len(missing)} of {len(tiles)} predicted tiles are not in the store "
+            f"{out}: {len(missing)} of {len(tiles)} predicted tiles are not in the store "
             f"(e.g. tile {missing[0]}); check that every worker sees this store at this path, "
             "then run the same command again"
         )
 
+
+def _write_results(root: zarr.Group, sj: _SlideJob, nuclei: int, timings: dict[str, float]) -> None:
+    """The label pyramids, the statistics and plausibility warnings, then the scratch removed."""
     t = time.perf_counter()
     labels_group = root["labels"]
     assert isinstance(labels_group, zarr.Group)
     for name in ("nuclei", "types"):
         g = labels_group[name]
         assert isinstance(g, zarr.Group)
-        build_pyramid(g, name, run_mpp, params.label_chunk)
+        build_pyramid(g, name, sj.run_mpp, sj.params.label_chunk)
     from wsi_infer.stats import slide_statistics
 
     _mark(root, nuclei=nuclei)
@@ -530,7 +576,6 @@ def _run_stages(
     _mark(root, stage="written", statistics=stats)
     remove_leftovers(sj.out)
     timings["write_s"] = time.perf_counter() - t
-    return nuclei, pending
 
 
 def _plausibility(root: zarr.Group, stats: dict[str, Any], sj: _SlideJob) -> list[Any]:
@@ -558,9 +603,3 @@ def _plausibility(root: zarr.Group, stats: dict[str, Any], sj: _SlideJob) -> lis
     for f in findings:
         logger.warning("%s: %s", sj.out, f.message)
     return findings
-
-
-def _after_band(root: zarr.Group, rows: dict[str, NDArray[Any]], bar: Any) -> None:
-    append_table(root, rows)
-    if bar is not None:
-        bar.update(1)

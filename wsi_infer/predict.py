@@ -14,7 +14,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,12 @@ from wsi_infer.errors import CheckpointError, IdentityMismatchError
 from wsi_infer.identity import slide_identity
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.recipe import BackendRecipe
-from wsi_infer.scheduler import Call, run_prioritised, submit_prioritised
 from wsi_infer.tiling import TileGrid
 
 __all__ = [
     "BackendSpec",
     "PredictJob",
     "PredictResult",
-    "RowTracker",
-    "execute",
     "missing_tiles",
     "predict_tiles",
     "tile_done",
@@ -48,9 +46,25 @@ logger = logging.getLogger(__name__)
 BackendSpec = BackendRecipe
 
 
+def model_slots(backend: Backend, workers: int) -> int:
+    """How many of ``workers`` threads may call ``backend`` at once: its
+    :attr:`~wsi_infer.backends.Backend.concurrency`, at least 1."""
+    return max(1, min(workers, getattr(backend, "concurrency", 1)))
+
+
+def _worker_threads() -> int:
+    """Threads of the dask worker running this task (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
 @functools.lru_cache(maxsize=4)
-def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
-    """One model (and one lock serialising its calls) per process and spec."""
+def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.BoundedSemaphore]:
+    """One model (and the slots admitting its concurrent calls) per process and spec."""
     backend = spec.build()
     if spec.sha256 and backend.model_sha256 != spec.sha256:
         raise CheckpointError(
@@ -58,7 +72,7 @@ def _process_backend(spec: BackendSpec) -> tuple[Backend, threading.Lock]:
             f"(sha256 {backend.model_sha256[:12]} != {spec.sha256[:12]}); give every worker "
             "the same model file"
         )
-    return backend, threading.Lock()
+    return backend, threading.BoundedSemaphore(model_slots(backend, _worker_threads()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -137,13 +151,14 @@ class PredictResult:
 def predict_tiles(
     job: PredictJob,
     tiles: Sequence[tuple[int, int]],
-    local: tuple[Backend, threading.Lock, GridReader] | None = None,
+    local: tuple[Backend, AbstractContextManager[Any], GridReader] | None = None,
 ) -> PredictResult:
     """Read, infer and store the maps of ``tiles``; returns them with the task's timings.
 
-    ``local`` passes the caller's backend, lock and reader (threads of one
+    ``local`` passes the caller's backend, model slots and reader (threads of one
     process); without it, the worker's own (cached) ones are used.
     """
+    lock: AbstractContextManager[Any]
     if local is None:
         maps = _process_maps(job.store, job.store_id)
         reader = _process_reader(job.slide, job.scale, job.slide_content)
@@ -182,48 +197,6 @@ def predict_tiles(
     )
 
 
-class RowTracker:
-    """Which tile rows are fully predicted; lets stage 2 wait for the rows it reads."""
-
-    def __init__(self, todo: list[tuple[int, list[tuple[int, int]]]], grid: TileGrid) -> None:
-        self.grid = grid
-        self.missing = [0] * grid.shape[0]
-        for _, batch in todo:
-            for i, _j in batch:
-                self.missing[i] += 1
-        self.error: BaseException | None = None
-        self.finished = False
-        self.finished_at = time.perf_counter()
-        self._cond = threading.Condition()
-
-    def done(self, tiles: list[tuple[int, int]]) -> None:
-        with self._cond:
-            for i, _j in tiles:
-                self.missing[i] -= 1
-            self._cond.notify_all()
-
-    def finish(self) -> None:
-        with self._cond:
-            self.finished, self.finished_at = True, time.perf_counter()
-            self._cond.notify_all()
-
-    def fail(self, exc: BaseException) -> None:
-        with self._cond:
-            self.error, self.finished = exc, True
-            self._cond.notify_all()
-
-    def wait_rows(self, y: int) -> None:
-        """Block until the maps above grid row ``y`` are final; re-raise stage 1's error."""
-        last = min((y - 1) // self.grid.stride, self.grid.shape[0] - 1)
-        with self._cond:
-            while True:
-                if self.error is not None:
-                    raise self.error
-                if self.finished or not any(self.missing[: last + 1]):
-                    return
-                self._cond.wait()
-
-
 def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
     """A tile is done when its chunk is on disk: its type-probability channel is never 0."""
     y0, _, x0, _ = grid.core(*tile)
@@ -246,19 +219,3 @@ def missing_tiles(store: Any, tiles: Sequence[tuple[int, int]]) -> list[tuple[in
         if len(parts) == 3 and parts[2] == "0" and parts[0].isdigit() and parts[1].isdigit():
             present.add((int(parts[0]), int(parts[1])))
     return [t for t in tiles if t not in present]
-
-
-def execute(
-    calls: list[Call[Any]],
-    client: Any,
-    workers: int,
-    on_result: Callable[[Any], None] | None,
-    resources: dict[str, float] | None = None,
-) -> list[Any]:
-    """Run ``calls`` in ``workers`` threads of this process, or on ``client``'s workers,
-    most urgent first (see :mod:`wsi_infer.scheduler`); results in order."""
-    if not calls:
-        return []
-    if client is not None:
-        return submit_prioritised(client, calls, on_result, resources)
-    return run_prioritised(calls, workers, on_result)

@@ -78,6 +78,12 @@ class BackendRecipe:
             from wsi_infer.backends import default_backend
 
             backend = default_backend(device)
+        if threads is None and backend == "onnxruntime" and device == "cpu":
+            # The run's threads share the cores: each model call gets its share, and
+            # the calls run side by side (see OnnxRuntimeBackend.concurrency).
+            from wsi_infer.backends import cpu_cores
+
+            threads = max(1, cpu_cores() // max(1, int(params.workers)))
         bs = int(params.batch_size)
         return cls(
             backend=backend,

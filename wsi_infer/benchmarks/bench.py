@@ -36,7 +36,6 @@ Results go to ``--out-dir`` (``benchmarks/results/``) as ``bench-<UTC time>.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -54,8 +53,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import click
 import numpy as np
 
 from wsi_infer.benchmarks.make_slide import (
@@ -66,11 +67,30 @@ from wsi_infer.benchmarks.make_slide import (
     make_slide,
     read_sidecar,
 )
+from wsi_infer.cli.options import (
+    backend_option,
+    device_option,
+    entry_point,
+    model_option,
+    multi_option,
+    overlap_option,
+    path_option,
+    paths_option,
+    tile_size_option,
+)
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["RunConfig", "fit_line", "main", "run_benchmark", "run_child", "stage_accounting"]
+__all__ = [
+    "RunConfig",
+    "bench_command",
+    "fit_line",
+    "main",
+    "run_benchmark",
+    "run_child",
+    "stage_accounting",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -240,9 +260,9 @@ def stage_accounting(timings: dict[str, float], seconds: float, workers: int) ->
     time the stage's threads spent on it, summed over threads) and its CPU seconds where
     the threads measured them; ``share``: busy time over the run's wall time (stages
     overlap, so shares add up to more than 1); ``load``: share over the threads the stage
-    has (the model one, reading and segmentation ``workers``, the others one), the
-    fraction of its capacity the stage used.  The run is bound by the model when the
-    model was busy at least :data:`MODEL_BOUND` of it, else by the stage of highest load.
+    has (the model its ``model_slots``, reading and segmentation ``workers``, the others
+    one), the fraction of its capacity the stage used.  The run is bound by the model when
+    the model's load was at least :data:`MODEL_BOUND`, else by the stage of highest load.
     """
     t = timings.get
     busy = {
@@ -259,16 +279,17 @@ def stage_accounting(timings: dict[str, float], seconds: float, workers: int) ->
         "maps_write": t("predict_write_cpu_s", math.nan),
         "segment": t("segment_cpu_s", math.nan),
     }
-    threads = {"read": workers, "segment": workers}
+    slots = max(1, int(t("model_slots", 1.0)))
+    threads = {"read": workers, "segment": workers, "model": slots}
     share = {k: v / seconds if seconds > 0 else math.nan for k, v in busy.items()}
     load = {k: share[k] / threads.get(k, 1) for k in busy}
-    bound = "model" if share["model"] >= MODEL_BOUND else max(load, key=lambda k: load[k])
+    bound = "model" if load["model"] >= MODEL_BOUND else max(load, key=lambda k: load[k])
     return {
         "busy_s": busy,
         "cpu_s": cpu,
         "share": share,
         "load": load,
-        "model_busy_share": share["model"],
+        "model_busy_share": load["model"],
         "model_wait_s": t("predict_wait_s", 0.0),
         "bound": bound,
     }
@@ -290,6 +311,31 @@ def _model_checkpoint(model: str, cache: Path) -> str:
     return str(out)
 
 
+def _time_concurrent(fn: Any, budget: float, min_calls: int, callers: int) -> tuple[int, float]:
+    """:func:`_time_loop` of ``fn`` in ``callers`` threads at once: calls made by all of
+    them, and the wall time until the last one ended."""
+    if callers <= 1:
+        return _time_loop(fn, budget, min_calls, 1_000_000)
+    counts = [0] * callers
+    errors: list[BaseException] = []
+
+    def caller(c: int) -> None:
+        try:
+            counts[c] = _time_loop(lambda k: fn(c + k * callers), budget, min_calls, 1_000_000)[0]
+        except BaseException as exc:  # re-raised in the calling thread below
+            errors.append(exc)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return sum(counts), time.perf_counter() - t0
+
+
 def _time_loop(fn: Any, budget: float, min_calls: int, max_calls: int) -> tuple[int, float]:
     """Call ``fn(k)`` for k = 0, 1, ... until ``budget`` seconds (at least ``min_calls``)."""
     calls, t0 = 0, time.perf_counter()
@@ -305,9 +351,10 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     """One engine run and the stage measurements on its tiles (in this process)."""
     import zarr
 
-    from wsi_infer.backends import create_backend
     from wsi_infer.engine import RunParams, run_slide
+    from wsi_infer.predict import model_slots
     from wsi_infer.reader import GridReader, open_slide
+    from wsi_infer.recipe import BackendRecipe
     from wsi_infer.tiling import TileGrid
 
     params = RunParams(
@@ -317,7 +364,9 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
         workers=cfg.workers,
     )
     t_load = time.perf_counter()
-    backend = create_backend(cfg.backend, cfg.model, device=cfg.device)
+    # the backend exactly as the CLI makes it for these parameters
+    backend = BackendRecipe.for_run(cfg.backend, cfg.model, params, device=cfg.device).build()
+    slots = model_slots(backend, params.workers)
     load_s = time.perf_counter() - t_load
     torch_threads: int | None = None
     if cfg.backend == "torch":
@@ -381,8 +430,9 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     batches = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
     maps = backend(batches[0])  # warm-up
     c_model = time.process_time()
-    n_model, model_s = _time_loop(
-        lambda k: backend(batches[k % len(batches)]), budget, 3, 1_000_000
+    # as many callers as the engine lets call the model at once
+    n_model, model_s = _time_concurrent(
+        lambda k: backend(batches[k % len(batches)]), budget, 3, slots
     )
     model_cpu = time.process_time() - c_model
 
@@ -411,12 +461,13 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
             "seconds": model_s,
             "load_seconds": load_s,
             "torch_threads": torch_threads,
+            "concurrent_calls": slots,
             "cpu_cores_busy": _rate(model_cpu, model_s),
             "output_bytes_per_tile": int(maps[0].nbytes),
             "logits_bytes_per_tile": 4 * backend.config.out_channels * t * t,
         },
         "model_in_run": {
-            "tiles_per_s": _rate(tiles_n, timings.get("predict_model_s", 0.0)),
+            "tiles_per_s": _rate(tiles_n * slots, timings.get("predict_model_s", 0.0)),
             "seconds": timings.get("predict_model_s", math.nan),
             "busy_in_predict": _rate(
                 timings.get("predict_model_s", 0.0), timings.get("predict_s", 0.0)
@@ -863,50 +914,38 @@ def save(
 # --------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsi-infer-bench",
-        description="Benchmark wsi-infer stage by stage on realistic synthetic slides.",
-    )
-    p.add_argument("--sizes", type=int, nargs="+", help=f"slide edges in px {DEFAULT_SIZES}")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="dask workers (1 2)")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument(
-        "--model",
-        default="default",
-        help=f"bundled name or checkpoint dir; '{RANDOM_MODEL}': a seeded random b0",
-    )
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--slide-mpp", type=float, help="resolution of the slides (the model's)")
-    p.add_argument("--tissue-fraction", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage-seconds", type=float, help="time per stage measurement (8; quick: 1)")
-    p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    p.add_argument("--name", help="results file stem (default bench-<UTC time>)")
-    p.add_argument("--slides-dir", type=Path, default=DEFAULT_SLIDES_DIR, help="slide cache")
-    p.add_argument("--nuclei-dir", type=Path, default=DEFAULT_NUCLEI_DIR, help="H&E patches")
-    p.add_argument("--keep-stores", type=Path, help="keep the result stores in this folder")
-    p.add_argument("--timeout", type=float, help="seconds allowed per run")
-    p.add_argument("--quick", action="store_true", help=f"tiny slides {QUICK_SIZES}, for tests")
-    p.add_argument(
-        "--slide",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="benchmark these real slides instead of synthetic ones",
-    )
-    p.add_argument("--no-plot", action="store_true", help="no .png (needs no matplotlib)")
-    p.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+@click.command("wsi-infer-bench", context_settings={"help_option_names": ["-h", "--help"]})
+@multi_option("--sizes", type=int, metavar="PX...", help=f"slide edges in px {DEFAULT_SIZES}")
+@multi_option("--workers", type=int, default=[1, 2], metavar="N...", help="dask workers (1 2)")
+@tile_size_option(default=512)
+@overlap_option(default=64)
+@click.option("--batch-size", type=int, default=2, show_default=True, help="tiles per model call")
+@model_option(help=f"bundled name or checkpoint dir; '{RANDOM_MODEL}': a seeded random b0")
+@backend_option(default="torch")
+@device_option(default="cpu")
+@click.option("--slide-mpp", type=float, help="resolution of the slides (the model's)")
+@click.option("--tissue-fraction", type=float, default=0.4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stage-seconds", type=float, help="time per stage measurement (8; quick: 1)")
+@path_option("--out-dir", default=DEFAULT_OUT_DIR, show_default=True)
+@click.option("--name", help="results file stem (default bench-<UTC time>)")
+@path_option("--slides-dir", default=DEFAULT_SLIDES_DIR, help="slide cache")
+@path_option("--nuclei-dir", default=DEFAULT_NUCLEI_DIR, help="H&E patches")
+@path_option("--keep-stores", help="keep the result stores in this folder")
+@click.option("--timeout", type=float, help="seconds allowed per run")
+@click.option("--quick", is_flag=True, help=f"tiny slides {QUICK_SIZES}, for tests")
+@paths_option(
+    "--slide",
+    default=[],
+    help="benchmark these real slides instead of synthetic ones",
+)
+@click.option("--no-plot", is_flag=True, help="no .png (needs no matplotlib)")
+@click.option("--child", nargs=2, metavar="CONFIG OUT", hidden=True)
+def bench_command(**options: Any) -> int:
+    """Benchmark wsi-infer stage by stage on realistic synthetic slides."""
     from wsi_infer.errors import WsiInferError
 
-    args = build_parser().parse_args(argv)
+    args = SimpleNamespace(**options)
     if args.child:
         return _child_main(*args.child)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -941,6 +980,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
+
+
+main = entry_point(bench_command, "wsi-infer-bench")
 
 
 if __name__ == "__main__":

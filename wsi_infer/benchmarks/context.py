@@ -28,7 +28,6 @@ T (the price of overlap and flips).  Post-processing: the model's own.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -37,13 +36,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["Design", "main", "predict_tiled"]
+from wsi_infer.cli.options import (
+    entry_point,
+    model_option,
+    multi_option,
+    out_option,
+    paths_option,
+    threads_option,
+)
+
+__all__ = ["Design", "context_command", "main", "predict_tiled"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,31 +206,36 @@ def _val_sources(data: Sequence[Path], checkpoint: str) -> list[Any]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m wsi_infer.benchmarks.context", description=__doc__)
-    p.add_argument("--model", required=True, help="checkpoint trained with windowed attention")
-    p.add_argument("--baseline", help="a checkpoint trained with global attention, for reference")
-    p.add_argument("--slides", type=Path, nargs="+", required=True)
-    p.add_argument(
-        "--crop",
-        type=int,
-        nargs=4,
-        action="append",
-        help="y x h w on the model's grid, one per slide (default: whole slide)",
-    )
-    p.add_argument("--val-data", type=Path, nargs="*", default=[], help="training folders")
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--designs", nargs="*", help="subset of design names to run")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
+@click.command(
+    "python -m wsi_infer.benchmarks.context",
+    help=__doc__,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@model_option(required=True, help="checkpoint trained with windowed attention")
+@click.option("--baseline", help="a checkpoint trained with global attention, for reference")
+@paths_option("--slides", required=True)
+@click.option(
+    "--crop",
+    type=int,
+    nargs=4,
+    multiple=True,
+    metavar="Y X H W",
+    help="y x h w on the model's grid, one per slide (default: whole slide)",
+)
+@paths_option("--val-data", default=[], help="training folders")
+@click.option("--tile", type=int, default=512, show_default=True)
+@threads_option(default=2)
+@multi_option("--designs", metavar="NAME...", help="subset of design names to run")
+@out_option(required=True, help="the report (JSON; the table beside it as .md)")
+def context_command(**options: Any) -> int:
+    args = SimpleNamespace(**options)
     from wsi_infer.model import model_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     crops = args.crop or [None] * len(args.slides)
     if len(crops) != len(args.slides):
-        p.error("give one --crop per slide, or none")
+        raise click.UsageError("give one --crop per slide, or none")
     window = model_config(args.model).attention_window or 64
     designs = [
         Design("window", args.model, window, 64),
@@ -256,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     logger.info("\n%s", "\n".join(lines))
     return 0
+
+
+main = entry_point(context_command, "python -m wsi_infer.benchmarks.context")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ the output.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -28,13 +27,17 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 from numpy.typing import NDArray
+
+from wsi_infer.cli.options import PATH, entry_point, path_option
 
 __all__ = [
     "DEFAULT_NUCLEI_DIR",
@@ -45,6 +48,7 @@ __all__ = [
     "load_patch_bank",
     "main",
     "make_slide",
+    "make_slide_command",
     "read_sidecar",
 ]
 
@@ -519,33 +523,55 @@ def parse_size(text: str) -> tuple[int, int]:
     """``"20000"`` or ``"20000x15000"`` (width x height) as ``(width, height)``."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"size must be N or WxH, got {text!r}")
+        raise ValueError(f"size must be N or WxH, got {text!r}")
     w = int(m.group(1))
     h = int(m.group(2)) if m.group(2) else w
     if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+        raise ValueError(f"size must be positive, got {text!r}")
     return w, h
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m wsi_infer.benchmarks.make_slide",
-        description="Write a realistic synthetic H&E whole-slide image (pyramidal JPEG TIFF).",
-    )
-    p.add_argument("out", type=Path, help="output .tif")
-    p.add_argument("--size", type=parse_size, default=(20000, 20000), help="N or WxH pixels")
-    p.add_argument("--mpp", type=float, default=0.25, help="micrometres per pixel (0.25)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tissue-fraction", type=float, default=None, help="default: drawn in 0.3..0.5")
-    p.add_argument("--quality", type=int, default=85, help="JPEG quality (85)")
-    p.add_argument("--downsample", type=int, choices=(2, 4), default=4, help="level step (4)")
-    p.add_argument("--nuclei-dir", type=Path, default=DEFAULT_NUCLEI_DIR, help="H&E patches")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+class _Size(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """``N`` or ``WxH`` pixels (:func:`parse_size`)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@click.command(
+    "python -m wsi_infer.benchmarks.make_slide",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.argument("out", type=PATH)
+@click.option(
+    "--size",
+    type=_Size(),
+    default="20000",
+    show_default=True,
+    metavar="N|WxH",
+    help="N or WxH pixels",
+)
+@click.option("--mpp", type=float, default=0.25, help="micrometres per pixel (0.25)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tissue-fraction", type=float, default=None, help="default: drawn in 0.3..0.5")
+@click.option("--quality", type=int, default=85, help="JPEG quality (85)")
+@click.option("--downsample", type=click.Choice(["2", "4"]), default="4", help="level step (4)")
+@path_option("--nuclei-dir", default=DEFAULT_NUCLEI_DIR, help="H&E patches")
+@click.option("-v", "--verbose", is_flag=True, help="log the steps")
+def make_slide_command(**options: Any) -> int:
+    """Write a realistic synthetic H&E whole-slide image (pyramidal JPEG TIFF).
+
+    OUT: output .tif
+    """
+    args = SimpleNamespace(**options)
+    args.downsample = int(args.downsample)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.verbose:
         logging.getLogger(__name__).setLevel(logging.DEBUG)
@@ -570,6 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({info.tissue_area_mm2:.1f} mm²), {info.file_bytes / 1e6:.1f} MB, {info.seconds:.1f} s"
     )
     return 0
+
+
+main = entry_point(make_slide_command, "python -m wsi_infer.benchmarks.make_slide")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,20 @@ and a fixed window, so the picture depends only on the page.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-__all__ = ["find_chromium", "main", "run_batch", "screenshot"]
+import click
+
+from wsi_infer.cli.options import entry_point, out_option, path_option
+
+__all__ = ["find_chromium", "main", "report_screenshot_command", "run_batch", "screenshot"]
 
 logger = logging.getLogger("wsi_infer.benchmarks.report_screenshot")
 
@@ -142,20 +147,29 @@ def screenshot(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "wsi-infer-report" / "results",
-        help="the batch folder holding report.html (with --run: made, slides beside it)",
-    )
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "report.png")
-    parser.add_argument("--run", action="store_true", help="run the batch first")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder")
-    parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=3750)
-    args, extra = parser.parse_known_args(argv)
+@click.command(
+    "python -m wsi_infer.benchmarks.report_screenshot",
+    help=__doc__.split("\n\n")[0] + "\n\nOptions it does not know go to wsi-infer (with --run).",
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+    },
+)
+@path_option(
+    "--results",
+    default=Path(tempfile.gettempdir()) / "wsi-infer-report" / "results",
+    show_default=True,
+    help="the batch folder holding report.html (with --run: made, slides beside it)",
+)
+@out_option(default=REPO / "docs" / "report.png", help="the picture (PNG)")
+@click.option("--run", is_flag=True, help="run the batch first")
+@path_option("--shared", default=SHARED, help="the shared data folder")
+@click.option("--width", type=int, default=1400, show_default=True)
+@click.option("--height", type=int, default=3750, show_default=True)
+@click.pass_context
+def report_screenshot_command(ctx: click.Context, /, **options: Any) -> int:
+    args, extra = SimpleNamespace(**options), list(ctx.args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.run:
         try:
@@ -175,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logger.info("%s: %d x %d screenshot of %s", shot, args.width, args.height, args.results)
     return 0
+
+
+main = entry_point(report_screenshot_command, "python -m wsi_infer.benchmarks.report_screenshot")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ margin).  On those windows:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -32,15 +31,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 from numpy.typing import NDArray
 
 from wsi_infer.benchmarks.bench import DEFAULT_OUT_DIR, machine_info, package_versions
 from wsi_infer.benchmarks.segment_reference import segment_reference
+from wsi_infer.cli.options import (
+    backend_option,
+    entry_point,
+    model_option,
+    out_option,
+    path_option,
+    threads_option,
+    tile_size_option,
+)
 
-__all__ = ["main", "slide_maps", "speed"]
+__all__ = ["main", "segment_speed_command", "slide_maps", "speed"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +123,7 @@ def speed(
     return {"mpx": mpx, "mpx_per_cpu_s": statistics.median(rates), "best": max(rates)}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: SimpleNamespace) -> dict[str, Any]:
     from wsi_infer.compare import compare_labels
     from wsi_infer.params import RunParams
     from wsi_infer.postprocess import segment
@@ -187,23 +197,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m wsi_infer.benchmarks.segment_speed", description=__doc__
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--slide", type=Path, help="slide whose tissue tiles the model predicts")
-    src.add_argument("--maps", type=Path, help="saved maps (H, W, 4) uint8 .npy")
-    p.add_argument("--save-maps", type=Path, help="keep the predicted maps here (.npy)")
-    p.add_argument("--model", default="default")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2, help="inference threads")
-    p.add_argument("--min-marker-area", type=int, default=16, help="px, the second setting")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="one timing pass of the reference")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR / "segment-speed.json")
-    args = p.parse_args(argv)
+@click.command(
+    "python -m wsi_infer.benchmarks.segment_speed",
+    help=__doc__,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@path_option("--slide", help="slide whose tissue tiles the model predicts")
+@path_option("--maps", help="saved maps (H, W, 4) uint8 .npy")
+@path_option("--save-maps", help="keep the predicted maps here (.npy)")
+@model_option()
+@backend_option(default="onnxruntime")
+@tile_size_option(default=512)
+@threads_option(default=2, help="inference threads")
+@click.option(
+    "--min-marker-area", type=int, default=16, show_default=True, help="px, the second setting"
+)
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--quick", is_flag=True, help="one timing pass of the reference")
+@out_option(default=DEFAULT_OUT_DIR / "segment-speed.json", help="the report (JSON)")
+def segment_speed_command(**options: Any) -> int:
+    args = SimpleNamespace(**options)
+    if (args.slide is None) == (args.maps is None):
+        raise click.UsageError("give one of --slide and --maps")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("stitch stage: %.1f grid Mpx per CPU-s", result["stitch"]["grid_mpx_per_cpu_s"])
     logger.info("wrote %s", args.out)
     return 0
+
+
+main = entry_point(segment_speed_command, "python -m wsi_infer.benchmarks.segment_speed")
 
 
 if __name__ == "__main__":

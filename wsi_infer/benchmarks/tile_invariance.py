@@ -11,7 +11,6 @@ writes a JSON report (``--out``) and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -19,11 +18,24 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 
-__all__ = ["main", "tile_invariance"]
+from wsi_infer.cli.options import (
+    PATH,
+    backend_option,
+    entry_point,
+    model_option,
+    multi_option,
+    out_option,
+    overlap_option,
+    threads_option,
+)
+
+__all__ = ["main", "tile_invariance", "tile_invariance_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +93,21 @@ def tile_invariance(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m wsi_infer.benchmarks.tile_invariance", description=__doc__
-    )
-    p.add_argument("slides", type=Path, nargs="+")
-    p.add_argument("--tiles", type=int, nargs="+", default=None, help="default: model tile and 2x")
-    p.add_argument("--model", default="default")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--mpp", type=float, help="slide resolution where the metadata has none")
-    p.add_argument("--overlap", type=int, help="default: the model's")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, help="write the report here (JSON)")
-    args = p.parse_args(argv)
+@click.command(
+    "python -m wsi_infer.benchmarks.tile_invariance",
+    help=__doc__,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.argument("slides", type=PATH, nargs=-1, required=True)
+@multi_option("--tiles", type=int, metavar="PX...", help="default: model tile and 2x")
+@model_option()
+@backend_option(default="onnxruntime")
+@click.option("--mpp", type=float, help="slide resolution where the metadata has none")
+@overlap_option(help="default: the model's")
+@threads_option(default=2)
+@out_option(help="write the report here (JSON)")
+def tile_invariance_command(**options: Any) -> int:
+    args = SimpleNamespace(**options)
     logging.basicConfig(level=logging.WARNING)
     from wsi_infer.model import model_config
 
@@ -123,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(reports, indent=2) + "\n")
     return 0
+
+
+main = entry_point(tile_invariance_command, "python -m wsi_infer.benchmarks.tile_invariance")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,19 @@ device, where only the repository travels.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import click
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["SAMPLE", "main", "tiled_slide"]
+from wsi_infer.cli.options import PATH, entry_point
+
+__all__ = ["SAMPLE", "main", "tiled_slide", "tiled_slide_command"]
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "CMU-1-Small-Region.svs"
 TILE = 256
@@ -88,16 +92,21 @@ def _tiles(strips: Iterator[NDArray[np.uint8]], edge: int) -> Iterator[NDArray[n
             yield pad[:, x : x + TILE]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m wsi_infer.benchmarks.tiled_slide", description=__doc__
-    )
-    p.add_argument("out", type=Path)
-    p.add_argument("--size", type=int, default=16384)
-    p.add_argument("--mpp", type=float, default=0.25)
-    args = p.parse_args(argv)
+@click.command(
+    "python -m wsi_infer.benchmarks.tiled_slide",
+    help=__doc__,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.argument("out", type=PATH)
+@click.option("--size", type=int, default=16384, show_default=True, help="edge in pixels")
+@click.option("--mpp", type=float, default=0.25, show_default=True, help="micrometres per pixel")
+def tiled_slide_command(**options: Any) -> int:
+    args = SimpleNamespace(**options)
     sys.stdout.write(f"{tiled_slide(args.out, args.size, args.mpp)}\n")
     return 0
+
+
+main = entry_point(tiled_slide_command, "python -m wsi_infer.benchmarks.tiled_slide")
 
 
 if __name__ == "__main__":

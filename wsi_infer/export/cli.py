@@ -6,20 +6,21 @@ Prints the parity report: ONNX Runtime CPU logits vs PyTorch on real tiles
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 from numpy.typing import NDArray
 
+from wsi_infer.cli.options import entry_point, multi_option, path_option
 from wsi_infer.errors import WsiInferError
 from wsi_infer.export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
 
-__all__ = ["build_parser", "main", "read_slide_tiles"]
+__all__ = ["export_command", "main", "read_slide_tiles"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,55 +46,44 @@ def read_slide_tiles(slide: str | Path, tile_size: int, n: int = 4) -> NDArray[n
     return np.stack(tiles)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsi-infer-export",
-        description="Export a wsi-infer model to ONNX (and a TensorRT engine), proving parity.",
-    )
-    p.add_argument("model", help="checkpoint directory or bundled model name (e.g. default)")
-    p.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
-    p.add_argument(
-        "--fp16", action="store_true", help="float16 weights/activations (I/O stay float32)"
-    )
-    p.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
-    )
-    p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic)")
-    p.add_argument(
-        "--fixed-size", action="store_true", help="fix height/width at the config's tile size"
-    )
-    p.add_argument("--slide", type=Path, help="read parity-check tiles from this slide (openslide)")
-    p.add_argument("--tiles", type=int, default=4, help="tiles for the parity check (default 4)")
-    p.add_argument("--no-check", action="store_true", help="skip the checker and parity check")
-    p.add_argument("--tensorrt", type=Path, help="also build a TensorRT engine here (needs a GPU)")
-    p.add_argument(
-        "--tile-sizes",
-        type=int,
-        nargs="+",
-        metavar="PX",
-        help="TensorRT profile: the square tile edges the engine must take (the runs' "
-        "--tile-size; default: the model's); optimised for the first, covering min..max",
-    )
-    p.add_argument(
-        "--min-batch", type=int, default=1, help="TensorRT profile min batch (default 1)"
-    )
-    p.add_argument(
-        "--max-batch", type=int, default=32, help="TensorRT profile max batch (default 32)"
-    )
-    p.add_argument(
-        "--opt-batch", type=int, default=8, help="TensorRT profile optimal batch (default 8)"
-    )
-    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    return p
-
-
 def _report_lines(report: ExportReport) -> str:
     return report.summary()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@click.command(
+    "wsi-infer-export",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.argument("model")
+@path_option("--onnx", required=True, help="ONNX file to write")
+@click.option("--fp16", is_flag=True, help="float16 weights/activations (I/O stay float32)")
+@click.option(
+    "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+)
+@click.option("--batch", type=int, default=None, help="fix the batch size (default: dynamic)")
+@click.option("--fixed-size", is_flag=True, help="fix height/width at the config's tile size")
+@path_option("--slide", help="read parity-check tiles from this slide (openslide)")
+@click.option("--tiles", type=int, default=4, help="tiles for the parity check (default 4)")
+@click.option("--no-check", is_flag=True, help="skip the checker and parity check")
+@path_option("--tensorrt", help="also build a TensorRT engine here (needs a GPU)")
+@multi_option(
+    "--tile-sizes",
+    type=int,
+    metavar="PX...",
+    help="TensorRT profile: the square tile edges the engine must take (the runs' "
+    "--tile-size; default: the model's); optimised for the first, covering min..max",
+)
+@click.option("--min-batch", type=int, default=1, help="TensorRT profile min batch (default 1)")
+@click.option("--max-batch", type=int, default=32, help="TensorRT profile max batch (default 32)")
+@click.option("--opt-batch", type=int, default=8, help="TensorRT profile optimal batch (default 8)")
+@path_option("--timing-cache", help="TensorRT timing cache file")
+@click.option("-v", "--verbose", is_flag=True, help="log progress")
+def export_command(**options: Any) -> int:
+    """Export a wsi-infer model to ONNX (and a TensorRT engine), proving parity.
+
+    MODEL: checkpoint directory or bundled model name (e.g. default).
+    """
+    args = SimpleNamespace(**options)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -156,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"wsi-infer-export: error: {exc}\n")
         return 2
     return 0
+
+
+main = entry_point(export_command, "wsi-infer-export")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,23 +1,40 @@
-"""Console entry points ``wsi-infer-train`` and ``wsi-infer-eval``."""
+"""Console entry points ``wsi-infer-train``, ``wsi-infer-eval`` and ``wsi-infer-tune``.
+
+Thin click commands: torch and the training modules are imported when a command runs.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 
+from wsi_infer.cli.options import (
+    MINUTES,
+    PATH,
+    entry_point,
+    multi_option,
+    out_option,
+    overlap_option,
+    pannuke_option,
+    path_option,
+    paths_option,
+    threads_option,
+    tile_size_option,
+)
 from wsi_infer.config import ARCHITECTURES
-from wsi_infer.training.data import FolderSource, PanNukeFold, Source, group_of, split_by_group
 
-__all__ = ["eval_main", "train_main", "tune_main"]
+if TYPE_CHECKING:
+    from wsi_infer.training.data import Source
+
+__all__ = ["eval_command", "eval_main", "train_command", "train_main", "tune_command", "tune_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +46,7 @@ def _setup(threads: int | None, verbose: bool) -> None:
     )
     if threads:
         import cv2
+        import torch
 
         torch.set_num_threads(threads)
         try:
@@ -44,6 +62,8 @@ def _sources(
     dirs: Sequence[Path] | None,
     target_mpp: float | None = None,
 ) -> list[Source]:
+    from wsi_infer.training.data import FolderSource, PanNukeFold
+
     sources: list[Source] = []
     if pannuke is not None:
         sources.extend(PanNukeFold(pannuke, f) for f in folds or ())
@@ -66,121 +86,139 @@ def _weights_name(source: str) -> str:
     return path.name if path.is_dir() else source
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsi-infer-train",
-        description="Train the nucleus model on PanNuke folds and/or images/+labels.npz folders.",
-    )
-    g = p.add_argument_group("data")
-    g.add_argument("--pannuke", type=Path, help="PanNuke root holding 'Fold N' folders")
-    g.add_argument("--train-folds", type=int, nargs="+", default=[], help="PanNuke training folds")
-    g.add_argument("--val-fold", type=int, help="PanNuke validation fold")
-    g.add_argument("--data", type=Path, nargs="+", default=[], help="training folders")
-    g.add_argument("--val-data", type=Path, nargs="+", default=[], help="validation folders")
-    g.add_argument(
-        "--val-split",
-        type=float,
-        help="carve this fraction of each --data folder's source images out for validation",
-    )
-    m = p.add_argument_group("model")
-    m.add_argument("--arch", default="b0", choices=sorted(ARCHITECTURES), help="MiT size")
-    m.add_argument(
-        "--encoder-weights",
-        help="pretrained MiT encoder: a Hugging Face id (nvidia/mit-b0 ... nvidia/mit-b5, "
-        "downloaded once) or a directory written by SegformerModel.save_pretrained",
-    )
-    m.add_argument(
-        "--init",
-        type=Path,
-        help="start from this checkpoint's weights and config (model options are then ignored)",
-    )
-    m.add_argument(
-        "--types-only",
-        action="store_true",
-        help="with --init: train only the class logits of the output head on typed data; "
-        "nuclei (foreground, distance) stay exactly those of --init; best by mPQ",
-    )
-    m.add_argument("--stem-channels", type=int, default=16)
-    m.add_argument("--mpp", type=float, default=0.25, help="model resolution (data is resampled)")
-    m.add_argument(
-        "--tile-size",
-        type=int,
-        help="the engine's default tile for this model (default: the largest --crop)",
-    )
-    m.add_argument(
-        "--overlap",
-        type=int,
-        help="the engine's default tile overlap (default: 64, or a quarter of a smaller tile)",
-    )
-    m.add_argument(
-        "--attention-window",
-        type=int,
-        default=0,
-        help="self-attention within windows of this many pixels (0: global)",
-    )
-    m.add_argument("--name", default="wsi-infer-nuclei")
-    m.add_argument("--model-version", default="1")
-    m.add_argument(
-        "--licence",
-        help="licence of the weights, recorded in config.json (they inherit the data's terms)",
-    )
-    t = p.add_argument_group("training")
-    t.add_argument("--out", type=Path, required=True, help="run directory")
-    t.add_argument("--export", type=Path, help="also write each best checkpoint here (float16)")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument(
-        "--crop",
-        type=int,
-        nargs="+",
-        default=[256],
-        help="training crop size(s), multiples of 32; images large enough are also cut at the "
-        "larger sizes, in batches of equal pixel count",
-    )
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument(
-        "--encoder-lr-scale",
-        type=float,
-        default=1.0,
-        help="encoder learning rate = lr x this (e.g. 0.1 when fine-tuning pretrained weights)",
-    )
-    t.add_argument(
-        "--freeze-encoder",
-        type=float,
-        default=0.0,
-        help="fraction of the run with the encoder frozen while the decoder warms up",
-    )
-    t.add_argument("--weight-decay", type=float, default=1e-2)
-    t.add_argument("--schedule", choices=["cosine", "onecycle"], default="cosine")
-    t.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    t.add_argument(
-        "--time-limit", type=float, help="stop after the epoch passing this many minutes"
-    )
-    t.add_argument(
-        "--time-budget",
-        type=float,
-        help="minutes: the cosine schedule follows elapsed time and training ends on time",
-    )
-    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
-    t.add_argument("--val-limit", type=int, help="validate on the first N patches of each source")
-    t.add_argument("--tversky-alpha", type=float, default=0.3)
-    t.add_argument("--tversky-beta", type=float, default=0.7)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, help="torch / OpenCV CPU threads")
-    t.add_argument("--workers", type=int, default=0, help="data loader processes")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
-    return p
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+#: ``--time-budget`` and ``--time-limit`` are minutes (a plain number), or carry a unit.
+_TIME_UNITS = "MINUTES (a number; or with a unit: 216m, 3.6h, 90s)"
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """``wsi-infer-train``: returns the exit status."""
+@click.command(
+    "wsi-infer-train",
+    context_settings=_CONTEXT,
+)
+# data
+@pannuke_option
+@multi_option("--train-folds", type=int, default=[], help="PanNuke training folds")
+@click.option("--val-fold", type=int, help="PanNuke validation fold")
+@paths_option("--data", default=[], help="training folders")
+@paths_option("--val-data", default=[], help="validation folders")
+@click.option(
+    "--val-split",
+    type=float,
+    help="carve this fraction of each --data folder's source images out for validation",
+)
+# model
+@click.option(
+    "--arch",
+    default="b0",
+    show_default=True,
+    type=click.Choice(sorted(ARCHITECTURES)),
+    help="MiT size",
+)
+@click.option(
+    "--encoder-weights",
+    help="pretrained MiT encoder: a Hugging Face id (nvidia/mit-b0 ... nvidia/mit-b5, "
+    "downloaded once) or a directory written by SegformerModel.save_pretrained",
+)
+@path_option(
+    "--init",
+    help="start from this checkpoint's weights and config (model options are then ignored)",
+)
+@click.option(
+    "--types-only",
+    is_flag=True,
+    help="with --init: train only the class logits of the output head on typed data; "
+    "nuclei (foreground, distance) stay exactly those of --init; best by mPQ",
+)
+@click.option("--stem-channels", type=int, default=16, show_default=True)
+@click.option(
+    "--mpp",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="model resolution (data is resampled)",
+)
+@tile_size_option(help="the engine's default tile for this model (default: the largest --crop)")
+@overlap_option(
+    help="the engine's default tile overlap (default: 64, or a quarter of a smaller tile)"
+)
+@click.option(
+    "--attention-window",
+    type=int,
+    default=0,
+    show_default=True,
+    help="self-attention within windows of this many pixels (0: global)",
+)
+@click.option("--name", default="wsi-infer-nuclei", show_default=True)
+@click.option("--model-version", default="1", show_default=True)
+@click.option(
+    "--licence",
+    help="licence of the weights, recorded in config.json (they inherit the data's terms)",
+)
+# training
+@out_option(required=True, help="run directory")
+@path_option("--export", help="also write each best checkpoint here (float16)")
+@click.option("--epochs", type=int, default=50, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@multi_option(
+    "--crop",
+    type=int,
+    default=[256],
+    show_default=True,
+    metavar="PX...",
+    help="training crop size(s), multiples of 32; images large enough are also cut at the "
+    "larger sizes, in batches of equal pixel count",
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--encoder-lr-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="encoder learning rate = lr x this (e.g. 0.1 when fine-tuning pretrained weights)",
+)
+@click.option(
+    "--freeze-encoder",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="fraction of the run with the encoder frozen while the decoder warms up",
+)
+@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
+@click.option(
+    "--schedule", type=click.Choice(["cosine", "onecycle"]), default="cosine", show_default=True
+)
+@click.option("--max-steps", type=int, help="stop after this many optimiser steps")
+@click.option(
+    "--time-limit",
+    type=MINUTES,
+    metavar="MINUTES",
+    help=f"stop after the epoch passing this time, in {_TIME_UNITS}",
+)
+@click.option(
+    "--time-budget",
+    type=MINUTES,
+    metavar="MINUTES",
+    help=f"the run's length in {_TIME_UNITS}, not hours or seconds: the cosine "
+    "schedule follows elapsed time and training ends on time",
+)
+@click.option("--val-every", type=int, default=1, show_default=True, help="validate every N epochs")
+@click.option("--val-limit", type=int, help="validate on the first N patches of each source")
+@click.option("--tversky-alpha", type=float, default=0.3, show_default=True)
+@click.option("--tversky-beta", type=float, default=0.7, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option(help="torch / OpenCV CPU threads")
+@click.option("--workers", type=int, default=0, show_default=True, help="data loader processes")
+@click.option("--resume", is_flag=True, help="continue the run in --out")
+@click.option("--quiet", is_flag=True, help="no progress bars, warnings only")
+def train_command(**options: Any) -> int:
+    """Train the nucleus model on PanNuke folds and/or images/+labels.npz folders."""
     from wsi_infer.config import ModelConfig
     from wsi_infer.errors import CheckpointError
+    from wsi_infer.training.data import FolderSource, group_of, split_by_group
     from wsi_infer.training.loop import TrainSettings, train
     from wsi_infer.training.losses import LossWeights
 
-    args = train_parser().parse_args(argv)
+    args = SimpleNamespace(**options)
     _setup(args.threads, not args.quiet)
     crops = sorted(set(args.crop))
     if any(c % 32 or c < 32 for c in crops):
@@ -287,28 +325,29 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsi-infer-eval",
-        description="Score a checkpoint (or the classical baseline) with PanNuke's bPQ/mPQ, "
-        "AJI, Dice and detection F1.",
-    )
-    p.add_argument("checkpoint", nargs="?", help="checkpoint directory or bundled model name")
-    p.add_argument("--baseline", action="store_true", help="score the classical baseline instead")
-    p.add_argument("--pannuke", type=Path, help="PanNuke root holding 'Fold N' folders")
-    p.add_argument("--fold", type=int, nargs="+", default=[], help="PanNuke fold(s) to score")
-    p.add_argument("--data", type=Path, nargs="+", default=[], help="images/+labels.npz folders")
-    p.add_argument("--out", type=Path, help="write the report (JSON) here")
-    p.add_argument("--limit", type=int, help="score the first N patches of each source")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--quiet", action="store_true")
-    return p
+@click.command(
+    "wsi-infer-eval",
+    context_settings=_CONTEXT,
+)
+@click.argument("checkpoint", required=False)
+@click.option("--baseline", is_flag=True, help="score the classical baseline instead")
+@pannuke_option
+@multi_option("--fold", type=int, default=[], help="PanNuke fold(s) to score")
+@paths_option("--data", default=[], help="images/+labels.npz folders")
+@out_option(help="write the report (JSON) here")
+@click.option("--limit", type=int, help="score the first N patches of each source")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@threads_option(help="torch / OpenCV CPU threads")
+@click.option("--quiet", is_flag=True, help="no progress bars, warnings only")
+def eval_command(**options: Any) -> int:
+    """Score a checkpoint (or the classical baseline) with PanNuke's bPQ/mPQ, AJI, Dice and
+    detection F1.
 
-
-def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``wsi-infer-eval``: returns the exit status."""
+    CHECKPOINT: checkpoint directory or bundled model name.
+    """
     import dataclasses
+
+    import torch
 
     from wsi_infer.model import load_model
     from wsi_infer.postprocess import PostprocessParams
@@ -316,7 +355,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     from wsi_infer.training.evaluate import evaluate, model_predictor
     from wsi_infer.training.metrics import jsonable
 
-    args = eval_parser().parse_args(argv)
+    args = SimpleNamespace(**options)
     _setup(args.threads, not args.quiet)
     if (args.checkpoint is None) == (not args.baseline):
         raise SystemExit("give a CHECKPOINT or --baseline (not both)")
@@ -359,56 +398,55 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 def _hardware() -> str:
     import platform
 
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def tune_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsi-infer-tune",
-        description="Choose a checkpoint's post-processing thresholds on its validation split "
-        "(the --val-split groups recorded in its config, and/or --val-data) and write them "
-        "into its config.json.",
-    )
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory (rewritten in place)")
-    p.add_argument(
-        "--data",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="the training folders: their validation groups are taken from the config",
-    )
-    p.add_argument("--val-data", type=Path, nargs="+", default=[], help="validation folders")
-    p.add_argument("--export", type=Path, help="also write the result here (float16)")
-    p.add_argument(
-        "--tile-size",
-        type=int,
-        help="the engine's default tile size for this model (a multiple of its attention "
-        "window; choose it with python -m wsi_infer.benchmarks.tile_invariance)",
-    )
-    p.add_argument("--overlap", type=int, help="the engine's default tile overlap, likewise")
-    p.add_argument(
-        "--no-search",
-        action="store_true",
-        help="keep the post-processing values: only write --tile-size/--overlap (and --export)",
-    )
-    p.add_argument("--threads", type=int)
-    p.add_argument("--quiet", action="store_true")
-    return p
+@click.command(
+    "wsi-infer-tune",
+    context_settings=_CONTEXT,
+)
+@click.argument("checkpoint", type=PATH)
+@paths_option(
+    "--data",
+    default=[],
+    help="the training folders: their validation groups are taken from the config",
+)
+@paths_option("--val-data", default=[], help="validation folders")
+@path_option("--export", help="also write the result here (float16)")
+@tile_size_option(
+    help="the engine's default tile size for this model (a multiple of its attention "
+    "window; choose it with python -m wsi_infer.benchmarks.tile_invariance)",
+)
+@overlap_option(help="the engine's default tile overlap, likewise")
+@click.option(
+    "--no-search",
+    is_flag=True,
+    help="keep the post-processing values: only write --tile-size/--overlap (and --export)",
+)
+@threads_option(help="torch / OpenCV CPU threads")
+@click.option("--quiet", is_flag=True, help="no progress bars, warnings only")
+def tune_command(**options: Any) -> int:
+    """Choose a checkpoint's post-processing thresholds on its validation split (the
+    --val-split groups recorded in its config, and/or --val-data) and write them into its
+    config.json.
 
-
-def tune_main(argv: Sequence[str] | None = None) -> int:
-    """``wsi-infer-tune``: returns the exit status."""
+    CHECKPOINT: checkpoint directory (rewritten in place).
+    """
     import dataclasses
+
+    import torch
 
     from wsi_infer.errors import CheckpointError
     from wsi_infer.model import load_model, save_checkpoint
-    from wsi_infer.training.data import Subset
+    from wsi_infer.training.data import FolderSource, Subset, group_of
     from wsi_infer.training.loop import tune_checkpoint
     from wsi_infer.training.tune import nucleus_area_percentiles
 
-    args = tune_parser().parse_args(argv)
+    args = SimpleNamespace(**options)
     _setup(args.threads, not args.quiet)
     try:
         loaded = load_model(args.checkpoint)
@@ -467,3 +505,8 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+train_main = entry_point(train_command, "wsi-infer-train")
+eval_main = entry_point(eval_command, "wsi-infer-eval")
+tune_main = entry_point(tune_command, "wsi-infer-tune")
