@@ -141,7 +141,7 @@ def test_onnxruntime_recipe_keeps_precision_cache_and_threads(
 
 @pytest.mark.skipif(not HAS_ORT, reason="needs onnxruntime, onnx and onnxscript")
 def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, onnx_cache: Path, onnx_fp32: object
 ) -> None:
     """The run's threads each get their share of the cores and call the model side by side;
     the maps are those of one call at a time on all cores."""
@@ -151,7 +151,7 @@ def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
     from wsi_infer.predict import model_slots
 
     params = RunParams(tile_size=256, overlap=32, batch_size=2, workers=2)
-    recipe = BackendRecipe.for_run("onnxruntime", tiny_model, params, cache_dir=tmp_path)
+    recipe = BackendRecipe.for_run("onnxruntime", tiny_model, params, cache_dir=onnx_cache)
     assert recipe.threads == max(1, cpu_cores() // 2)
     shared = recipe.build()
     assert shared.concurrency == cpu_cores() // recipe.threads
@@ -160,7 +160,7 @@ def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
     # torch has one intra-op pool per process: one call at a time, its threads untouched
     assert BackendRecipe.for_run("torch", tiny_model, params).threads is None
     alone = BackendRecipe.for_run(
-        "onnxruntime", tiny_model, params, threads=cpu_cores(), cache_dir=tmp_path
+        "onnxruntime", tiny_model, params, threads=cpu_cores(), cache_dir=onnx_cache
     )
     single = alone.build()
     assert single.concurrency == 1
