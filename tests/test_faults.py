@@ -45,15 +45,15 @@ def test_damaged_slide_in_a_batch(
     """Cut short (its directory is lost) or garbled halfway (it fails mid-read)."""
     import numpy as np
 
-    data = bytearray((data / "slides/CMU-1-Small-Region.svs").read_bytes())
-    n = len(data)
+    raw = bytearray((data / "slides/CMU-1-Small-Region.svs").read_bytes())
+    n = len(raw)
     if damage == "truncated":
-        data = data[: n * 6 // 10]
+        raw = raw[: n * 6 // 10]
     else:
         noise = np.random.default_rng(0).integers(0, 256, n // 10, dtype=np.uint8)
-        data[n * 4 // 10 : n * 4 // 10 + n // 10] = noise.tobytes()
+        raw[n * 4 // 10 : n * 4 // 10 + n // 10] = noise.tobytes()
     cut = tmp_path / "cut.svs"
-    cut.write_bytes(bytes(data))
+    cut.write_bytes(bytes(raw))
     good = tmp_path / "good.svs"
     shutil.copy(data / "edge/small.svs", good)
     out = tmp_path / "results"
