@@ -56,11 +56,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from wsi_infer.config import ModelConfig
-    from wsi_infer.model import NucleusSegFormer, save_checkpoint
+    from wsi_infer.model import save_checkpoint
+    from wsi_infer.registry import create_model
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny-model")
-    save_checkpoint(NucleusSegFormer(ModelConfig(mpp=1.0, stem_channels=4)), out)
+    save_checkpoint(create_model(ModelConfig(mpp=1.0, stem_channels=4)), out)
     return out
 
 

@@ -20,6 +20,17 @@ def invoke(*args: str | Path) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def one_line_error(code: int, stderr: str, *needles: str | Path, prog: str = "wsi-infer") -> str:
+    """Assert a command failed with exit code 1 and one line ``PROG: error: ...`` on stderr
+    (no traceback) holding each of ``needles``; return that line."""
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"{prog}: error:") and "Traceback" not in stderr, stderr
+    for needle in needles:
+        assert str(needle) in lines[0], lines[0]
+    return lines[0]
+
+
 def assert_same_store(a: object, b: object, min_nuclei: int = 100) -> None:
     """Two complete stores hold identical labels (every level) and tables."""
     import zarr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zarr
@@ -135,3 +136,59 @@ def test_console_script_runs_a_real_slide(data: Path, tiny_model: Path, tmp_path
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_first_onnx_export_is_announced_unless_quiet(
+    tiny_model: Path, make_slide: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    import wsi_infer.export.onnx_export as onnx_export
+    from wsi_infer.errors import CheckpointError
+
+    exports: list[Path] = []
+
+    def no_export(model: Path, out: Path, **_: object) -> None:
+        exports.append(out)
+        raise CheckpointError(f"{model}: not exported in this test")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing cached yet
+    slide = make_slide("announce.tif", np.full((256, 256, 3), 200, np.uint8))
+    args = [slide, "--out", tmp_path / "r.zarr", "--model", tiny_model]
+    code, _, err = invoke(*args, "--backend", "onnxruntime")
+    assert code == 1 and len(exports) == 1
+    lines = err.splitlines()
+    assert lines[0] == "wsi-infer: exporting the model for ONNX Runtime (once, ~30 s)", err
+    assert lines[1].startswith("wsi-infer: error:") and len(lines) == 2
+    code, _, err = invoke(*args, "--backend", "onnxruntime", "--quiet")
+    assert code == 1 and len(exports) == 2 and "exporting" not in err
+
+
+def test_onnx_export_says_when_it_is_done(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    pytest.importorskip("onnxruntime")
+    import logging
+
+    import wsi_infer.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda model, out, **_: out.write_bytes(b"x"))
+    with caplog.at_level(logging.INFO, logger="wsi_infer.notice"):
+        first = onnx_export.cached_onnx(tiny_model, cache_dir=tmp_path)
+        again = onnx_export.cached_onnx(tiny_model, cache_dir=tmp_path)
+    assert first == again and first.read_bytes() == b"x"
+    notices = [r.getMessage() for r in caplog.records if r.name == "wsi_infer.notice"]
+    assert len(notices) == 2  # the second call finds the export in the cache
+    assert notices[0] == "exporting the model for ONNX Runtime (once, ~30 s)"
+    assert notices[1].startswith("exported the model for ONNX Runtime in ")
+    assert str(first.parent) in notices[1]
+
+
+def test_model_help_names_what_the_readme_shows() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "--model default|CHECKPOINT_DIR|MODEL.onnx" in readme
+    code, out, _ = invoke("run", "--help")
+    help_text = " ".join(out.split())  # click wraps the help
+    assert code == 0 and "checkpoint directory" in help_text and "MODEL.onnx" in help_text

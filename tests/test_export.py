@@ -177,7 +177,9 @@ def test_parity_check_catches_a_different_model(fp32: ExportReport) -> None:
     other = NucleusSegFormer(CONFIG).eval()
     x = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8)
     with pytest.raises(ParityError, match="beyond the bound"):
-        _parity(TileMaps(other, CONFIG).eval(), fp32.onnx_path, x, None, "fp32", None, None)
+        _parity(
+            TileMaps(other, CONFIG).eval(), fp32.onnx_path, x, None, "fp32", None, None, CONFIG.head
+        )
 
 
 def test_contract_missing_is_a_checkpoint_error(tmp_path: Path) -> None:
@@ -221,3 +223,33 @@ def test_cli_exports_and_prints_parity(
         assert rc == 2 and "pip install" in captured.err
     else:
         assert rc == 0
+
+
+def test_export_does_not_warn_about_torchvision() -> None:
+    """torch's exporter warns four times that torchvision is missing (it registers
+    torchvision's operators); wsi-infer models use none, so the export keeps it quiet."""
+    import logging
+
+    from wsi_infer.export.onnx_export import _TORCH_REGISTRATION_LOGGER, _torch_export
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    source = logging.getLogger(_TORCH_REGISTRATION_LOGGER)
+    keep = Keep()
+    source.addHandler(keep)  # the records that pass the logger's filters, wherever they go
+    try:
+        _torch_export(Double().eval(), torch.zeros(1, 8, 8, 3), 18, False, False)
+        assert not [m for m in seen if "torchvision" in m]
+        # the same record outside an export still passes: only the export is quietened
+        source.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+        assert seen[-1] == "torchvision is not installed. Skipping torchvision::nms"
+    finally:
+        source.removeHandler(keep)

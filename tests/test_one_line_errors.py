@@ -17,18 +17,9 @@ from pathlib import Path
 
 import pytest
 import zarr
-from helpers import invoke
+from helpers import invoke, one_line_error
 
 from wsi_infer.verify import check_complete
-
-
-def one_line_error(code: int, stderr: str, *needles: str | Path) -> str:
-    lines = stderr.strip().splitlines()
-    assert code == 1 and len(lines) == 1, stderr
-    assert lines[0].startswith("wsi-infer: error:") and "Traceback" not in stderr
-    for needle in needles:
-        assert str(needle) in lines[0], lines[0]
-    return lines[0]
 
 
 def without_root_powers(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -161,7 +152,7 @@ def test_exports_into_a_missing_folder_make_it(store: Path, tmp_path: Path) -> N
     )
     code, _, err = invoke("export", "overlay", store, "--out", tmp_path / "c" / "d")
     assert code == 0, err
-    assert (tmp_path / "c" / "d" / "overlay.png").is_file()
+    assert (tmp_path / "c" / "d" / f"{store.stem}.overlay.png").is_file()
 
 
 def test_exports_never_write_inside_a_store(store: Path, tmp_path: Path) -> None:
@@ -232,3 +223,13 @@ def test_another_tools_zarr_is_refused_and_never_deleted(
     code, _, err = invoke(crop, "--out", other, "--overwrite", *tiny(tiny_model))
     one_line_error(code, err, other, "not a wsi-infer store", "--overwrite replaces only")
     assert zarr.open_group(str(other), mode="r")["precious"][:].tolist() == [1, 2, 3, 4]
+
+
+def test_every_command_words_its_errors_alike() -> None:
+    from wsi_infer.errors import one_line_error as line
+
+    assert line("wsi-infer-export", OSError("x.onnx: gone\nfor good")) == (
+        "wsi-infer-export: error: x.onnx: gone for good"
+    )
+    code, _, err = invoke("inspect", "/nonexistent/r.zarr")
+    assert one_line_error(code, err, "/nonexistent/r.zarr") == line("wsi-infer", err[18:].strip())

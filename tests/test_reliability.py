@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import zarr
-from helpers import assert_same_store, invoke
+from helpers import assert_same_store, invoke, one_line_error
 
 from wsi_infer.lock import lock_path
 from wsi_infer.verify import check_complete
@@ -53,15 +53,6 @@ def command(slide: Path | str, out: Path | str, *extra: str) -> list[str]:
 
 def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, check=False)
-
-
-def one_line_error(code: int, stderr: str, *needles: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert code == 1 and len(lines) == 1, stderr
-    assert lines[0].startswith("wsi-infer: error:") and "Traceback" not in stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def scratch_chunks(out: Path) -> int:

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import shapely
 import zarr
-from helpers import invoke
+from helpers import invoke, one_line_error
 from numpy.typing import NDArray
 
-from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES
+from wsi_infer.config import CLASS_COLOURS, CLASS_NAMES, ModelConfig
 from wsi_infer.geojson import _Band
 from wsi_infer.store import ATTR, append_table, create_store, read_table
 from wsi_infer.verify import seal_complete
@@ -107,6 +107,7 @@ def write_known_store(
         run_mpp=run_mpp,
         class_names=CLASS_NAMES,
         class_colours=CLASS_COLOURS,
+        head=ModelConfig().head,
         attrs=attrs,
     )
     ids = np.arange(1, int(labels.max()) + 1)
@@ -290,12 +291,13 @@ def test_overlay_pictures(real_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "qc"
     code, stdout, _ = invoke("export", "overlay", real_store, "--out", out, "--max-size", "300")
     assert code == 0 and "nuclei" in stdout
-    h, w = _png_shape(out / "overlay.png")
+    assert sorted(p.name for p in out.iterdir()) == ["he.overlay.png", "he.overlay_zoom.png"]
+    h, w = _png_shape(out / "he.overlay.png")
     assert max(h, w) <= 300
     assert abs(w - h * 512 / 768) <= 1.5  # the slide's aspect ratio
-    assert _png_shape(out / "overlay_zoom.png") == (512, 512)
+    assert _png_shape(out / "he.overlay_zoom.png") == (512, 512)
     # the nuclei's class colours are drawn
-    zoom = np.asarray(Image.open(out / "overlay_zoom.png").convert("RGB"))
+    zoom = np.asarray(Image.open(out / "he.overlay_zoom.png").convert("RGB"))
     table = read_table(real_store)
     present = {CLASS_COLOURS[t - 1] for t in table["type"].unique() if t}
     assert present
@@ -382,26 +384,18 @@ def test_inspect_prefers_stored_statistics(
 # --------------------------------------------------------------------------- errors
 
 
-def _one_line_error(code: int, stderr: str, *needles: str) -> None:
-    assert code == 1
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wsi-infer: error:"), stderr
-    for n in needles:
-        assert n in lines[0]
-
-
 def test_incomplete_store_is_refused(tmp_path: Path) -> None:
     labels, classes = known_labels()
     store = write_known_store(tmp_path / "run.zarr", labels, classes, status="running")
     out = tmp_path / "x.geojson"
     code, _, stderr = invoke("export", "geojson", store, out)
-    _one_line_error(code, stderr, str(store), "running")
+    one_line_error(code, stderr, str(store), "running")
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
     code, _, stderr = invoke("export", "overlay", store, "--out", tmp_path / "qc")
-    _one_line_error(code, stderr, "running")
+    one_line_error(code, stderr, "running")
     assert not (tmp_path / "qc").exists()
     code, _, stderr = invoke("export", "geojson", tmp_path / "nothing.zarr", out)
-    _one_line_error(code, stderr, "nothing.zarr")
+    one_line_error(code, stderr, "nothing.zarr")
     # inspect shows what is there, status included
     code, stdout, _ = invoke("inspect", store, "--json")
     assert code == 0 and json.loads(stdout)["status"] == "running"
@@ -414,16 +408,16 @@ def test_existing_output_is_not_overwritten(
     out = tmp_path / "x.geojson"
     out.write_text("mine")
     code, _, stderr = invoke("export", "geojson", store, out)
-    _one_line_error(code, stderr, str(out), "--overwrite")
+    one_line_error(code, stderr, str(out), "--overwrite")
     assert out.read_text() == "mine"
     assert invoke("export", "geojson", store, out, "--overwrite", "-q")[0] == 0
     assert load_geojson(out)["type"] == "FeatureCollection"
     qc = tmp_path / "qc"
     qc.mkdir()
-    (qc / "overlay.png").write_text("mine")
+    (qc / "known.overlay.png").write_text("mine")
     code, _, stderr = invoke("export", "overlay", store, "--out", qc)
-    _one_line_error(code, stderr, "overlay.png", "--overwrite")
-    assert (qc / "overlay.png").read_text() == "mine"
+    one_line_error(code, stderr, "known.overlay.png", "--overwrite")
+    assert (qc / "known.overlay.png").read_text() == "mine"
 
 
 def test_overlay_without_the_slide_says_so(
@@ -431,7 +425,7 @@ def test_overlay_without_the_slide_says_so(
 ) -> None:
     store, _ = known
     code, _, stderr = invoke("export", "overlay", store, "--out", tmp_path)
-    _one_line_error(code, stderr, "--slide")
+    one_line_error(code, stderr, "--slide")
 
 
 def test_overlay_aligns_labels_finer_than_the_slide(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
+from wsi_infer.config import ModelConfig
 from wsi_infer.params import RunParams
 from wsi_infer.predict import tile_done
 from wsi_infer.scheduler import (
@@ -86,15 +87,24 @@ def test_batches_are_the_tiles_cut_in_order_whatever_is_already_done(seed: int) 
 def test_batches_done_on_disk_are_left_out_and_a_torn_one_is_run_whole(tmp_path: Path) -> None:
     """With the engine's own test of a tile on disk (a real zarr scratch array)."""
     grid = TileGrid(300, 400, 100, 0)
+    head = ModelConfig().head
     maps = zarr.create_array(
-        str(tmp_path / "maps"), shape=(300, 400, 4), chunks=(100, 100, 4), dtype="uint8"
+        str(tmp_path / "maps"),
+        shape=head.scratch_shape(300, 400),
+        chunks=head.scratch_shape(100, 100),
+        dtype=head.map_dtype,
     )
     tiles = grid.select(None)  # 3 x 4 tiles, batches of 3
     for i, j in [(0, 0), (0, 1), (0, 2), (1, 0), (2, 3)]:
         y0, y1, x0, x1 = grid.core(i, j)
         maps[y0:y1, x0:x1] = 9
     plan = PredictPlan.build(
-        grid, tiles, 3, band_rows=64, margin=8, done=functools.partial(tile_done, maps, grid)
+        grid,
+        tiles,
+        3,
+        band_rows=64,
+        margin=8,
+        done=functools.partial(tile_done, maps, grid, head=head),
     )
     assert plan.todo == (1, 2, 3)
     assert plan.pending[0].tiles == ((0, 3), (1, 0), (1, 1))  # (1, 0) done, run again

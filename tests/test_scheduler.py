@@ -134,7 +134,7 @@ def _run_held(slide: Path, out: Path) -> tuple[_HeldBackend, list[str]]:
         def close(self) -> None:
             pass
 
-    def progress(total: int, desc: str) -> Any:
+    def progress(total: int, desc: str, initial: int = 0) -> Any:
         return Bar(desc)
 
     run_slide(slide, out, backend, params, progress=progress)

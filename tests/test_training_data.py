@@ -14,6 +14,7 @@ from wsi_infer.training.data import (
     PanNukeFold,
     build_targets,
     find_pannuke_fold,
+    normalise_image,
     pannuke_to_sample,
     per_instance_distance,
 )
@@ -96,3 +97,42 @@ def test_build_targets_types_and_foreground() -> None:
     t = build_targets(inst, types)
     assert t["foreground"].sum() == 9 and t["type"][2, 2] == 2 and t["type"][8, 8] == 0
     assert t["distance"][2, 2] == 1.0
+
+
+def test_training_input_is_the_engines_normalisation_bit_for_bit() -> None:
+    import torch
+
+    from wsi_infer.config import ModelConfig
+    from wsi_infer.tilemaps import TileMaps
+
+    config = ModelConfig()
+    image = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    image[0, :, :] = np.arange(256, dtype=np.uint8).reshape(64, 4)[:, :3]  # every value
+    image.flags.writeable = False  # as a memory-mapped PanNuke patch is
+    x = normalise_image(image, config.mean, config.std)
+    assert x.dtype == np.float32 and x.shape == (3, 32, 64) and x.flags.c_contiguous
+    # what the network of the engine's graph is given for the same tile
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen.append(t)
+            return torch.zeros(t.shape[0], 8, *t.shape[2:])
+
+    TileMaps(Spy(), config)(torch.from_numpy(image.copy()[None]))
+    np.testing.assert_array_equal(seen[0][0].numpy(), x)
+    # the formula the training data used before it shared the engine's function
+    m, s = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
+    old = ((image.astype(np.float32) / np.float32(255.0) - m) / s).transpose(2, 0, 1)
+    np.testing.assert_array_equal(old, x)
+
+
+def test_relabelling_numbers_ids_in_increasing_order() -> None:
+    from wsi_infer.training.metrics import remap_label
+
+    inst = np.array([[0, 5, 5, 40], [9, 0, 2, 40]], np.uint32)
+    t = build_targets(inst, np.ones_like(inst, np.uint8))
+    assert t["type"].tolist() == [[0, 1, 1, 1], [1, 0, 1, 1]]
+    out = remap_label(inst)
+    assert out.dtype == np.int64 and out.tolist() == [[0, 2, 2, 4], [3, 0, 1, 4]]
+    assert remap_label(np.zeros((2, 2), np.int32)).tolist() == [[0, 0], [0, 0]]

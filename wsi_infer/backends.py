@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from wsi_infer.config import ModelConfig
 from wsi_infer.errors import BackendUnavailableError, CheckpointError
+from wsi_infer.files import file_sha256
 
 __all__ = [
     "Backend",
@@ -183,8 +184,6 @@ GPU_HINT = (
 )
 _INPUT = "tiles"
 _OUTPUT = "maps"
-#: Channels of the compact maps every backend returns.
-MAP_CHANNELS = 4
 
 
 def _check_tiles(tiles: NDArray[Any]) -> NDArray[np.uint8]:
@@ -342,7 +341,7 @@ class OnnxRuntimeBackend:
             else 1
         )
         self.onnx_path = onnx_path
-        self.onnx_sha256 = _sha256(onnx_path)
+        self.onnx_sha256 = file_sha256(onnx_path)
         # the file that runs identifies the model: the checkpoint hash in its metadata is a
         # claim any file can copy, and fp16 and fp32 exports of one checkpoint differ
         self.model_sha256 = self.onnx_sha256
@@ -378,8 +377,9 @@ class OnnxRuntimeBackend:
         if self._in is None or tuple(self._in.shape()) != x.shape:
             b, h, w, _ = x.shape
             self._in = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self._index)
+            head = self.config.head
             self._out = ort.OrtValue.ortvalue_from_shape_and_type(
-                (b, h, w, MAP_CHANNELS), np.uint8, "cuda", self._index
+                (b, *head.scratch_shape(h, w)), np.dtype(head.map_dtype), "cuda", self._index
             )
             binding = self._session.io_binding()
             binding.bind_ortvalue_input(_INPUT, self._in)
@@ -477,15 +477,18 @@ class TensorRTBackend:
             raise CheckpointError(f"{engine_path}: TensorRT cannot deserialize the engine")
         self.config = ModelConfig.from_dict(info.config)
         out_dims = tuple(engine.get_tensor_shape(_OUTPUT))
-        if len(out_dims) != 4 or out_dims[3] not in (-1, MAP_CHANNELS):
+        channels = self.config.head.num_map_channels
+        if len(out_dims) != 4 or out_dims[3] not in (-1, channels):
             raise CheckpointError(
                 f"{engine_path}: the engine outputs {out_dims}, the engine needs (batch, height, "
-                f"width, {MAP_CHANNELS}) maps; rebuild it with wsi-infer-export"
+                f"width, {channels}) maps; rebuild it with wsi-infer-export"
             )
         self.precision = info.precision
         self.engine_path = engine_path
         self.engine_info = info
-        self.model_sha256 = _sha256(engine_path)  # the engine's own bytes, not its sidecar's claim
+        self.model_sha256 = file_sha256(
+            engine_path
+        )  # the engine's own bytes, not its sidecar's claim
         self.source_sha256 = info.source_sha256
         self.model_source = source
         self.device = f"cuda:{index}"
@@ -527,8 +530,11 @@ class TensorRTBackend:
         with torch.inference_mode():
             if self._in is None or tuple(self._in.shape) != x.shape:
                 self._in = torch.empty(x.shape, dtype=torch.uint8, device=self._dev)
+                head = self.config.head
                 self._out = torch.empty(
-                    (b, h, w, MAP_CHANNELS), dtype=torch.uint8, device=self._dev
+                    (b, *head.scratch_shape(h, w)),
+                    dtype=getattr(torch, head.map_dtype),
+                    device=self._dev,
                 )
             self._in.copy_(torch.from_numpy(x))
             ctx = self._context
@@ -564,15 +570,18 @@ def _check_outputs(onnx_path: Path, session: Any, config: ModelConfig) -> None:
             f"{onnx_path}: the model fails on a {tuple(probe_shape)} probe ({exc})"
         ) from exc
     b, h, w, _ = probe_shape
-    want = (b, h, w, MAP_CHANNELS)
-    if tuple(out.shape) != want or out.dtype != np.uint8:
+    head = config.head
+    want = (b, *head.scratch_shape(h, w))
+    if tuple(out.shape) != want or out.dtype != np.dtype(head.map_dtype):
         raise CheckpointError(
             f"{onnx_path}: the model outputs {out.dtype} {tuple(out.shape)} for a "
-            f"{tuple(probe_shape)} input, the engine needs uint8 {want} maps (foreground, "
-            "distance, nucleus class, its probability); this file and its metadata do not "
+            f"{tuple(probe_shape)} input, the engine needs {head.map_dtype} {want} maps "
+            f"({', '.join(head.map_channels)}); this file and its metadata do not "
             "belong together: export the model again with wsi-infer-export"
         )
-    classes = out[..., 2]
+    if head.class_channel is None:
+        return
+    classes = out[..., head.class_channel]
     if classes.min() < 1 or classes.max() > config.num_classes:
         raise CheckpointError(
             f"{onnx_path}: the model gives nucleus classes {int(classes.min())}.."
@@ -593,12 +602,6 @@ def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
-
-
-def _sha256(path: Path) -> str:
-    from wsi_infer.export.cache import sha256_file
-
-    return sha256_file(path)
 
 
 register_backend("onnxruntime", "ONNX Runtime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)")(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +31,7 @@ from wsi_infer.errors import (
     WsiInferError,
 )
 from wsi_infer.events import EventLog, ProgressEvents
+from wsi_infer.files import atomic_write
 from wsi_infer.location import RemotePath, StorePath, is_url, parse_location
 from wsi_infer.objectlock import store_lock
 from wsi_infer.store import is_wsi_infer_store, refuse_inside_store
@@ -133,20 +134,25 @@ def _write_atomic(path: StorePath, text: str) -> None:
     if isinstance(path, RemotePath):  # one object, put whole
         path.write_text(text)
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, ".tmp") as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_summary(out_dir: StorePath, results: Sequence[SlideResult]) -> None:
     rows = [asdict(r) for r in results]
-    fields = list(SlideResult.__dataclass_fields__)
-    lines = [",".join(fields)]
-    for r in rows:
-        lines.append(",".join(_csv_cell(r[f]) for f in fields))
+    table = io.StringIO()
+    writer = csv.DictWriter(
+        table, fieldnames=list(SlideResult.__dataclass_fields__), lineterminator="\n"
+    )
+    writer.writeheader()
+    # a list (the warnings) is one cell, its items joined by " | "
+    writer.writerows(
+        {k: " | ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
+        for r in rows
+    )
     try:
         _write_atomic(out_dir / "summary.json", json.dumps(rows, indent=2) + "\n")
-        _write_atomic(out_dir / "summary.csv", "\n".join(lines) + "\n")
+        _write_atomic(out_dir / "summary.csv", table.getvalue())
     except OSError as exc:
         raise OutputWriteError(
             f"{out_dir}: cannot write the batch summary ({exc.strerror or exc}); "
@@ -179,15 +185,6 @@ def prepare_batch_folder(out_dir: StorePath) -> None:
         ) from exc
 
 
-def _csv_cell(value: Any) -> str:
-    if isinstance(value, list):
-        value = " | ".join(str(v) for v in value)
-    text = "" if value is None else str(value)
-    if any(c in text for c in ',"\n'):
-        text = '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def run_one(
     slide: Path | RemotePath,
     store: StorePath,
@@ -204,9 +201,9 @@ def run_one(
     log = log or EventLog(None)
     log.emit("slide_started", slide=str(slide), store=str(store))
 
-    def tracked(total: int, stage: str) -> ProgressEvents:
-        bar = progress(total, stage) if progress else None
-        return ProgressEvents(bar, log, str(slide), stage, total)
+    def tracked(total: int, stage: str, initial: int = 0) -> ProgressEvents:
+        bar = progress(total, stage, initial=initial) if progress else None
+        return ProgressEvents(bar, log, str(slide), stage, total, initial)
 
     try:
         summary = run_slide(

@@ -8,7 +8,6 @@ read its output lives here, so an exported model (ONNX) carries the same dict.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import types
 import typing
@@ -18,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from wsi_infer.errors import CheckpointError
+from wsi_infer.files import file_sha256
+
+if typing.TYPE_CHECKING:
+    from wsi_infer.heads import Head
 
 __all__ = [
     "ARCHITECTURES",
@@ -25,6 +28,7 @@ __all__ = [
     "CLASS_COLOURS",
     "CLASS_NAMES",
     "CONFIG_FILE",
+    "DEFAULT_FAMILY",
     "WEIGHTS_FILE",
     "ModelConfig",
     "file_sha256",
@@ -34,6 +38,8 @@ __all__ = [
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: The model family of a config that names none (see :mod:`wsi_infer.registry`).
+DEFAULT_FAMILY = "segformer"
 #: Models shipped inside the package, by name.
 BUNDLED_MODELS = ("default",)
 
@@ -105,6 +111,7 @@ class ModelConfig:
 
     name: str = "wsi-infer-nuclei"
     version: str = "0"
+    family: str = DEFAULT_FAMILY
     arch: str = "b0"
     mpp: float = 0.25
     tile_size: int = 256
@@ -127,6 +134,8 @@ class ModelConfig:
         if wrong:  # the checks below compare values: types first
             raise CheckpointError("invalid model config: " + "; ".join(wrong))
         problems = []
+        if not self.family.replace("_", "").replace("-", "").isalnum():
+            problems.append(f"family {self.family!r} is not a model family's name")
         if self.arch not in ARCHITECTURES:
             problems.append(f"arch {self.arch!r} is not one of {sorted(ARCHITECTURES)}")
         if not 0.01 <= self.mpp <= 100:
@@ -184,9 +193,17 @@ class ModelConfig:
         return len(self.class_names)
 
     @property
+    def head(self) -> Head:
+        """The output head of this config's model family (see :mod:`wsi_infer.heads`):
+        its logit channels, the logits -> maps step and the maps' layout."""
+        from wsi_infer.registry import model_head
+
+        return model_head(self)
+
+    @property
     def out_channels(self) -> int:
-        """Foreground logit, distance map, then background + class logits."""
-        return 2 + 1 + self.num_classes
+        """Output channels of the network (the head's)."""
+        return self.head.out_channels
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -301,9 +318,3 @@ def model_config(model: str | Path) -> ModelConfig:
 
         return read_onnx_contract(path).config
     return ModelConfig.from_json(resolve_checkpoint(model) / CONFIG_FILE)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()

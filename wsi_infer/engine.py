@@ -102,7 +102,9 @@ PREDICT_BUSY = (
 )
 
 
-ProgressFactory = Callable[[int, str], Any]
+#: ``progress(total, description, initial=done)``: a tqdm-like bar (``update(n)``, ``close()``)
+#: that starts at ``initial`` (what a resumed run finds done already).
+ProgressFactory = Callable[..., Any]
 
 
 @dataclass
@@ -164,7 +166,7 @@ def run_slide(
     ``client`` is a ``distributed.Client``: predict tasks then run on its
     workers (each loads the model once; with ``device="cuda"`` they ask for one
     ``GPU`` resource each), given absolute paths they check.
-    ``progress(total, description)`` may return a tqdm-like bar.  Raises
+    ``progress(total, description, initial=done)`` may return a tqdm-like bar.  Raises
     :class:`~wsi_infer.errors.WsiInferError` subclasses for bad input; a run
     that fails midway leaves its store marked ``failed``, resumable once the
     cause is fixed.
@@ -315,6 +317,7 @@ def _run_locked(
                 run_mpp=job.run_mpp,
                 class_names=cfg.class_names,
                 class_colours=cfg.class_colours,
+                head=cfg.head,
                 attrs=attrs,
             ),
         )
@@ -418,7 +421,7 @@ def _run_stages(
         params.batch_size,
         band_rows=params.label_chunk,
         margin=params.margin,
-        done=functools.partial(tile_done, maps, sj.grid),
+        done=functools.partial(tile_done, maps, sj.grid, head=sj.backend.config.head),
     )
     nuclei = _predict_and_segment(root, sj, plan, timings, progress, client)
     _check_all_predicted(sj.out, tiles)
@@ -494,9 +497,8 @@ class _PredictTally:
     def __init__(self, progress: ProgressFactory | None, tiles: int, pending: int) -> None:
         self.busy = dict.fromkeys(PREDICT_BUSY, 0.0)
         self._lock = threading.Lock()
-        self._bar = progress(tiles, "predict") if progress else None
-        if self._bar is not None and tiles > pending:
-            self._bar.update(tiles - pending)
+        # a resumed run's bar starts at the tiles already done (its rate counts new ones only)
+        self._bar = progress(tiles, "predict", initial=tiles - pending) if progress else None
 
     def __call__(self, done: PredictResult) -> None:
         with self._lock:

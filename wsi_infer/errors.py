@@ -29,6 +29,7 @@ __all__ = [
     "UnsupportedSlideError",
     "WorkLimitError",
     "WsiInferError",
+    "one_line_error",
 ]
 
 
@@ -114,3 +115,9 @@ class StorageDriverError(WsiInferError, ImportError):
 
 class PlausibilityError(WsiInferError, ValueError):
     """With ``--strict``: a result that completed but is implausible (see its warnings)."""
+
+
+def one_line_error(prog: str, message: object) -> str:
+    """The line every command prints for an error it expected: ``PROG: error: MESSAGE``,
+    on one line (line breaks in ``message`` become spaces)."""
+    return f"{prog}: error: {' '.join(str(message).splitlines())}"

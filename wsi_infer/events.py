@@ -63,10 +63,12 @@ class EventLog:
 class ProgressEvents:
     """Wraps a progress bar (or nothing) to also log ``progress`` events every 10 %."""
 
-    def __init__(self, bar: Any, log: EventLog, slide: str, stage: str, total: int) -> None:
+    def __init__(
+        self, bar: Any, log: EventLog, slide: str, stage: str, total: int, initial: int = 0
+    ) -> None:
         self.bar, self.log, self.slide, self.stage, self.total = bar, log, slide, stage, total
-        self.done = 0
-        self._next = 0.1
+        self.done = initial  # what a resumed run found done
+        self._next = int(initial / total * 10) / 10 + 0.1 if total else 0.1
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -30,7 +30,7 @@ import gzip as gzip_module
 import io
 import json
 import logging
-import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,8 +42,9 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer.errors import OutputExistsError, OutputWriteError
+from wsi_infer.files import atomic_write
 from wsi_infer.location import RemotePath, StorePath, parse_location
-from wsi_infer.store import ATTR, open_result, refuse_inside_store
+from wsi_infer.store import ATTR, open_result, refuse_existing, refuse_inside_store
 
 __all__ = ["GeoJsonSummary", "NucleusShape", "export_geojson", "iter_nucleus_shapes"]
 
@@ -245,8 +246,7 @@ def export_geojson(
     out = parse_location(out)
     root = open_result(store)
     refuse_inside_store(out, "GeoJSON")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite)
     if out.is_dir():
         raise OutputExistsError(f"{out}: is a directory")
     if compress is None:
@@ -262,17 +262,9 @@ def export_geojson(
     probs = np.asarray(table["type_prob"][:], np.float64)
 
     summary = GeoJsonSummary(out)
-    if isinstance(out, RemotePath):
-        import tempfile
-
-        staging = Path(tempfile.mkdtemp(prefix="wsi-infer-geojson-"))
-        partial = staging / out.name
-    else:
-        staging = None
-        partial = out.with_name(out.name + ".partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _open_text(partial, compress) as fh:
+        with _written(out) as partial, _open_text(partial, compress) as fh:
             fh.write('{"type":"FeatureCollection","features":[\n')
             first = True
             for shape in iter_nucleus_shapes(root):
@@ -298,22 +290,10 @@ def export_geojson(
                 first = False
                 summary.features += 1
             fh.write("\n]}\n")
-        if isinstance(out, RemotePath):
-            out.upload(partial)
-        else:
-            os.replace(partial, out)
     except OSError as exc:
-        _remove(partial)
         raise OutputWriteError(
             f"{out}: cannot write the GeoJSON ({exc.strerror or exc}); choose a writable folder"
         ) from exc
-    except BaseException:
-        _remove(partial)
-        raise
-    finally:
-        if staging is not None:
-            _remove(partial)
-            staging.rmdir()
     if summary.empty:
         logger.warning("%s: %d nuclei have no pixels in the label image", store, summary.empty)
     if summary.repaired:
@@ -329,11 +309,18 @@ def export_geojson(
     return summary
 
 
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:  # a folder we cannot write to holds nothing of ours
-        logger.debug("cannot remove %s: %s", path, exc)
+@contextmanager
+def _written(out: StorePath) -> Iterator[Path]:
+    """A local file to write that becomes ``out`` when the block ends without an error:
+    replaced atomically, or put as one object for a URL."""
+    if isinstance(out, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="wsi-infer-geojson-") as staging:
+            partial = Path(staging) / out.name
+            yield partial
+            out.upload(partial)
+    else:
+        with atomic_write(out) as partial:
+            yield partial
 
 
 def _f32(value: float) -> float:

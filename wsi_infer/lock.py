@@ -32,11 +32,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from wsi_infer.errors import OutputWriteError, StoreLockedError
 
-__all__ = ["HEARTBEAT_S", "STALE_S", "LockOwner", "StoreLock", "lock_path"]
+__all__ = ["HEARTBEAT_S", "STALE_S", "HeldLock", "LockOwner", "StoreLock", "lock_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,166 @@ class LockOwner:
         return heartbeat_age < stale_s
 
 
-class StoreLock:
+class HeldLock:
+    """What a local and an object-storage lock share: taking the lock (a live owner is
+    refused, a gone one taken over under an exclusive takeover file), the heartbeat
+    thread, :meth:`check` and :meth:`release`; a context manager.
+
+    Subclasses say how files are created, read and removed where they live, and how
+    they are named in messages (``noun``; ``where`` for an error while creating it).
+    """
+
+    noun = "lock file"
+    out: Any
+    path: Any
+
+    def __init__(self, heartbeat_s: float, stale_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.stale_s = stale_s
+        self.owner = LockOwner.me()
+        self._held = False
+        self._lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- what subclasses provide -------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Anything to do before the first try (make the folder, warn)."""
+
+    def _create(self) -> bool:
+        """Create the lock with our content, exclusively; False when one exists."""
+        raise NotImplementedError
+
+    def _read(self) -> tuple[LockOwner | None, float]:
+        """The lock's owner (None if unreadable) and the age of its heartbeat in seconds."""
+        raise NotImplementedError
+
+    def _create_takeover(self) -> bool:
+        """Create the takeover file exclusively; False when it exists."""
+        raise NotImplementedError
+
+    def _takeover_age(self) -> float:
+        """Seconds since the takeover file was written (FileNotFoundError if it is gone)."""
+        raise NotImplementedError
+
+    def _remove_takeover(self) -> None:
+        raise NotImplementedError
+
+    def _remove_lock(self, owner: LockOwner | None) -> None:
+        """Remove the lock (and what belongs to ``owner``'s copy of it)."""
+        raise NotImplementedError
+
+    def _refresh(self) -> None:
+        """Renew our heartbeat."""
+        raise NotImplementedError
+
+    def _write_error(self, exc: OSError) -> OutputWriteError:
+        raise NotImplementedError
+
+    # -- taking the lock ---------------------------------------------------------------
+
+    def acquire(self) -> Self:
+        try:
+            self._prepare()
+            for _ in range(3):
+                if self._create():
+                    break
+                other, age = self._read()
+                if other is not None and other.alive(age, self.stale_s):
+                    raise self._locked(other)
+                if other is None and age < self.stale_s:  # a lock being written
+                    raise StoreLockedError(
+                        f"{self.out}: its {self.noun} {self.path} is unreadable and recent; if "
+                        f"no other wsi-infer run uses this output, delete the {self.noun}"
+                    )
+                self._take_over(other)
+            else:
+                raise StoreLockedError(
+                    f"{self.out}: could not take its lock {self.path} (other runs keep taking it)"
+                )
+        except StoreLockedError:
+            raise
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        self._held = True
+        self._thread = threading.Thread(target=self._beat, name="wsi-infer-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _locked(self, other: LockOwner) -> StoreLockedError:
+        return StoreLockedError(
+            f"{self.out}: in use by another wsi-infer run ({other.describe()}; {self.noun} "
+            f"{self.path}); wait for it to finish, or delete the {self.noun} if that run is gone"
+        )
+
+    def _take_over(self, stale: LockOwner | None) -> None:
+        """Remove a stale lock, serialised by an exclusive takeover file."""
+        if not self._create_takeover():
+            with contextlib.suppress(FileNotFoundError):
+                if self._takeover_age() > TAKEOVER_STALE_S:
+                    self._remove_takeover()
+            return  # another run is taking over: look again
+        try:
+            current, _ = self._read()
+            if current == stale:  # still the lock judged stale, not a fresh one
+                self._remove_lock(stale)
+                who = stale.describe() if stale else "unreadable"
+                logger.warning(
+                    "%s: took over the stale lock of a run that is gone (%s)", self.out, who
+                )
+        finally:
+            self._remove_takeover()
+
+    # -- holding it ----------------------------------------------------------------------
+
+    def _still_mine(self) -> bool:
+        owner, _ = self._read()
+        return owner is not None and owner.token == self.owner.token
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if not self._still_mine():
+                    self._lost = True
+                    logger.error("%s: the lock was taken over by another run", self.out)
+                    return
+                self._refresh()
+            except OSError as exc:
+                logger.warning("%s: cannot refresh the lock (%s)", self.path, exc)
+
+    def check(self) -> None:
+        """Raise :class:`StoreLockedError` if the lock is no longer ours."""
+        if not self._held:
+            raise StoreLockedError(f"{self.out}: the lock is not held")
+        if self._lost or not self._still_mine():
+            self._lost = True
+            raise StoreLockedError(
+                f"{self.out}: its lock {self.path} was taken over by another run while this one "
+                "was stalled; this run stops without marking anything complete"
+            )
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._held = False
+        try:
+            if self._still_mine():
+                self._remove_lock(self.owner)
+        except OSError as exc:
+            logger.warning("%s: cannot remove the %s (%s)", self.path, self.noun, exc)
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class StoreLock(HeldLock):
     """An exclusive lock on output ``out`` (see the module docstring); a context manager.
 
     The lock file is ``path``, by default ``OUTPUT.lock`` beside the output.
@@ -160,53 +319,18 @@ class StoreLock:
         heartbeat_s: float = HEARTBEAT_S,
         stale_s: float = STALE_S,
     ) -> None:
+        super().__init__(heartbeat_s, stale_s)
         self.out = out
         self.path = path if path is not None else lock_path(out)
-        self.heartbeat_s = heartbeat_s
-        self.stale_s = stale_s
-        self.owner = LockOwner.me()
-        self._held = False
-        self._lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._takeover = self.path.with_name(self.path.name + ".takeover")
 
-    # -- taking the lock ---------------------------------------------------------------
+    def _prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def acquire(self) -> StoreLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            for _ in range(3):
-                if self._create():
-                    break
-                other, age = self._read()
-                if other is not None and other.alive(age, self.stale_s):
-                    raise self._locked(other)
-                if other is None and age < self.stale_s:  # a lock file being written
-                    raise StoreLockedError(
-                        f"{self.out}: its lock file {self.path} is unreadable and recent; if no "
-                        "other wsi-infer run uses this output, delete the lock file"
-                    )
-                self._take_over(other)
-            else:
-                raise StoreLockedError(
-                    f"{self.out}: could not take its lock {self.path} (other runs keep taking it)"
-                )
-        except StoreLockedError:
-            raise
-        except OSError as exc:
-            raise OutputWriteError(
-                f"{self.path}: cannot create the output's lock file ({exc.strerror or exc}); "
-                "check that the folder exists and is writable"
-            ) from exc
-        self._held = True
-        self._thread = threading.Thread(target=self._beat, name="wsi-infer-lock", daemon=True)
-        self._thread.start()
-        return self
-
-    def _locked(self, other: LockOwner) -> StoreLockedError:
-        return StoreLockedError(
-            f"{self.out}: in use by another wsi-infer run ({other.describe()}; lock file "
-            f"{self.path}); wait for it to finish, or delete the lock file if that run is gone"
+    def _write_error(self, exc: OSError) -> OutputWriteError:
+        return OutputWriteError(
+            f"{self.path}: cannot create the output's lock file ({exc.strerror or exc}); "
+            "check that the folder exists and is writable"
         )
 
     def _create(self) -> bool:
@@ -235,7 +359,6 @@ class StoreLock:
         return True
 
     def _read(self) -> tuple[LockOwner | None, float]:
-        """The lock's owner (None if unreadable) and the age of its heartbeat in seconds."""
         try:
             text = self.path.read_text()
             age = time.time() - self.path.stat().st_mtime
@@ -243,72 +366,21 @@ class StoreLock:
             return None, float("inf")
         return LockOwner.parse(text), age
 
-    def _take_over(self, stale: LockOwner | None) -> None:
-        """Remove a stale lock, serialised by an exclusive takeover file."""
-        takeover = self.path.with_name(self.path.name + ".takeover")
+    def _create_takeover(self) -> bool:
         try:
-            fd = os.open(takeover, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(os.open(self._takeover, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - takeover.stat().st_mtime > TAKEOVER_STALE_S:
-                    takeover.unlink()
-            return  # another run is taking over: look again
-        try:
-            os.close(fd)
-            current, _ = self._read()
-            if current == stale:  # still the lock judged stale, not a fresh one
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                who = stale.describe() if stale else "unreadable"
-                logger.warning(
-                    "%s: took over the stale lock of a run that is gone (%s)", self.out, who
-                )
-        finally:
-            takeover.unlink(missing_ok=True)
+            return False
+        return True
 
-    # -- holding it ----------------------------------------------------------------------
+    def _takeover_age(self) -> float:
+        return time.time() - self._takeover.stat().st_mtime
 
-    def _still_mine(self) -> bool:
-        owner, _ = self._read()
-        return owner is not None and owner.token == self.owner.token
+    def _remove_takeover(self) -> None:
+        self._takeover.unlink(missing_ok=True)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                if not self._still_mine():
-                    self._lost = True
-                    logger.error("%s: the lock was taken over by another run", self.out)
-                    return
-                os.utime(self.path)
-            except OSError as exc:
-                logger.warning("%s: cannot refresh the lock (%s)", self.path, exc)
+    def _remove_lock(self, owner: LockOwner | None) -> None:
+        self.path.unlink(missing_ok=True)
 
-    def check(self) -> None:
-        """Raise :class:`StoreLockedError` if the lock is no longer ours."""
-        if not self._held:
-            raise StoreLockedError(f"{self.out}: the lock is not held")
-        if self._lost or not self._still_mine():
-            self._lost = True
-            raise StoreLockedError(
-                f"{self.out}: its lock {self.path} was taken over by another run while this one "
-                "was stalled; this run stops without marking anything complete"
-            )
-
-    def release(self) -> None:
-        if not self._held:
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._held = False
-        try:
-            if self._still_mine():
-                self.path.unlink()
-        except OSError as exc:
-            logger.warning("%s: cannot remove the lock file (%s)", self.path, exc)
-
-    def __enter__(self) -> StoreLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    def _refresh(self) -> None:
+        os.utime(self.path)

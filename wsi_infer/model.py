@@ -7,8 +7,8 @@ light upsampling path with skip features from a small convolutional stem at
 
 * ``foreground``: one logit, nucleus vs. background;
 * ``distance``: each nucleus' distance transform normalised to [0, 1]
-  (1 at its centre), which separates touching nuclei by marker-controlled
-  watershed;
+  (1 at its centre), whose peaks are the markers that separate touching
+  nuclei (see :mod:`wsi_infer.postprocess`);
 * ``type``: background + one logit per nucleus class.
 
 The encoder is built from a config; :func:`load_encoder_weights` copies in
@@ -42,12 +42,15 @@ from wsi_infer.config import (
     resolve_checkpoint,
 )
 from wsi_infer.errors import CheckpointError
+from wsi_infer.heads import NucleusHead
+from wsi_infer.registry import create_model, module_config, register_model
 
 __all__ = [
     "BUNDLED_MODELS",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "LoadedModel",
+    "Network",
     "NucleusSegFormer",
     "file_sha256",
     "load_encoder_weights",
@@ -55,6 +58,7 @@ __all__ = [
     "model_config",
     "resolve_checkpoint",
     "save_checkpoint",
+    "submodule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,7 +72,25 @@ def _conv_bn_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class NucleusSegFormer(nn.Module):
+class Network(nn.Module):
+    """Base class of the registered networks (:func:`wsi_infer.registry.register_model`):
+    a module that keeps the config it was built from as ``.config``."""
+
+    config: ModelConfig
+
+
+def submodule(module: nn.Module, name: str) -> nn.Module:
+    """``module``'s sub-module ``name`` (e.g. the ``encoder`` that training and pretrained
+    weights need), or a one-line TypeError naming the family that lacks it."""
+    part = getattr(module, name, None)
+    if not isinstance(part, nn.Module):
+        family = getattr(getattr(module, "config", None), "family", type(module).__name__)
+        raise TypeError(f"model family {family!r} has no .{name} sub-module")
+    return part
+
+
+@register_model("segformer", head=NucleusHead.for_config)
+class NucleusSegFormer(Network):
     """SegFormer encoder, MLP fusion at 1/4, convolutional upsampling to 1/1.
 
     Input: float tensor ``(B, 3, H, W)``, already normalised, ``H`` and ``W``
@@ -119,7 +141,7 @@ class NucleusSegFormer(nn.Module):
         return out
 
 
-def load_encoder_weights(module: NucleusSegFormer, source: str | Path) -> str:
+def load_encoder_weights(module: Network, source: str | Path) -> str:
     """Copy pretrained MiT encoder weights into ``module``; returns a description.
 
     ``source`` is a local directory written by ``SegformerModel.save_pretrained``
@@ -157,7 +179,7 @@ def load_encoder_weights(module: NucleusSegFormer, source: str | Path) -> str:
         )
     state = pretrained.state_dict()
     try:
-        missing, unexpected = module.encoder.load_state_dict(state, strict=False)
+        missing, unexpected = submodule(module, "encoder").load_state_dict(state, strict=False)
     except RuntimeError as exc:  # torch's "size mismatch for ..."
         raise CheckpointError(
             f"{source}: encoder weights do not fit arch {module.config.arch} "
@@ -175,7 +197,7 @@ def load_encoder_weights(module: NucleusSegFormer, source: str | Path) -> str:
 class LoadedModel:
     """A model with its config and the identity of its checkpoint."""
 
-    def __init__(self, module: NucleusSegFormer, config: ModelConfig, sha256: str, source: str):
+    def __init__(self, module: Network, config: ModelConfig, sha256: str, source: str):
         self.module = module
         self.config = config
         self.sha256 = sha256
@@ -183,12 +205,18 @@ class LoadedModel:
 
 
 def load_model(model: str | Path = "default") -> LoadedModel:
-    """Load a checkpoint (directory, or a bundled model's name) in eval mode on the CPU."""
+    """Load a checkpoint (directory, or a bundled model's name) in eval mode on the CPU.
+
+    The network is built by its config's family (:func:`wsi_infer.registry.create_model`).
+    """
     from safetensors.torch import load_file
 
     path = resolve_checkpoint(model)
     config = ModelConfig.from_json(path / CONFIG_FILE)
-    module = NucleusSegFormer(config)
+    try:
+        module = create_model(config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {exc}") from None
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except Exception as exc:  # safetensors raises its own SafetensorError
@@ -212,7 +240,7 @@ def load_model(model: str | Path = "default") -> LoadedModel:
 
 
 def save_checkpoint(
-    module: NucleusSegFormer,
+    module: Network,
     out_dir: str | Path,
     *,
     half: bool = False,
@@ -235,5 +263,6 @@ def save_checkpoint(
     save_file(state, str(tmp), metadata=metadata or {})
     tmp.chmod(0o644)  # a model is meant to be read by others (the writer's default is 0600)
     tmp.replace(out / WEIGHTS_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
+    config = module_config(module)  # checked: a state dict alone has no contract
+    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return out

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from typing import Any
 
-from wsi_infer.errors import OutputWriteError, StoreLockedError
+from wsi_infer.errors import OutputWriteError
 from wsi_infer.location import RemotePath, StorePath
-from wsi_infer.lock import HEARTBEAT_S, STALE_S, TAKEOVER_STALE_S, LockOwner, StoreLock
+from wsi_infer.lock import HEARTBEAT_S, STALE_S, HeldLock, LockOwner, StoreLock
 
 __all__ = ["ObjectLock", "store_lock"]
 
@@ -51,11 +49,14 @@ def store_lock(out: StorePath, *, path: StorePath | None = None) -> StoreLock | 
     return StoreLock(out, path=path)
 
 
-class ObjectLock:
+class ObjectLock(HeldLock):
     """An exclusive lock on the output ``out`` in object storage; a context manager.
 
-    Same interface and messages as :class:`~wsi_infer.lock.StoreLock`.
+    Same interface and messages as :class:`~wsi_infer.lock.StoreLock` (both are a
+    :class:`~wsi_infer.lock.HeldLock`).
     """
+
+    noun = "lock object"
 
     def __init__(
         self,
@@ -65,22 +66,15 @@ class ObjectLock:
         heartbeat_s: float = HEARTBEAT_S,
         stale_s: float = STALE_S,
     ) -> None:
+        super().__init__(heartbeat_s, stale_s)
         self.out = out
         self.path = path if path is not None else out.with_name(lock_path_name(out))
-        self.heartbeat_s = heartbeat_s
-        self.stale_s = stale_s
-        self.owner = LockOwner.me()
-        self._held = False
-        self._lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._takeover = self.path.with_name(self.path.name + ".takeover")
 
     def _beat_path(self, token: str) -> RemotePath:
         return self.path.with_name(f"{self.path.name}.{token}.beat")
 
-    # -- taking the lock ---------------------------------------------------------------
-
-    def acquire(self) -> ObjectLock:
+    def _prepare(self) -> None:
         if not self.path.atomic_create:
             logger.warning(
                 "%s: %s:// has no conditional write here; the lock cannot exclude a second run "
@@ -88,39 +82,11 @@ class ObjectLock:
                 self.out,
                 self.path.protocol,
             )
-        try:
-            for _ in range(3):
-                if self._create():
-                    break
-                other, age = self._read()
-                if other is not None and other.alive(age, self.stale_s):
-                    raise self._locked(other)
-                if other is None and age < self.stale_s:
-                    raise StoreLockedError(
-                        f"{self.out}: its lock {self.path} is unreadable and recent; if no "
-                        "other wsi-infer run uses this output, delete the lock object"
-                    )
-                self._take_over(other)
-            else:
-                raise StoreLockedError(
-                    f"{self.out}: could not take its lock {self.path} (other runs keep taking it)"
-                )
-        except StoreLockedError:
-            raise
-        except OSError as exc:
-            raise OutputWriteError(
-                f"{self.path}: cannot create the output's lock ({exc}); check the credentials "
-                "and that the bucket exists and is writable"
-            ) from exc
-        self._held = True
-        self._thread = threading.Thread(target=self._beat, name="wsi-infer-lock", daemon=True)
-        self._thread.start()
-        return self
 
-    def _locked(self, other: LockOwner) -> StoreLockedError:
-        return StoreLockedError(
-            f"{self.out}: in use by another wsi-infer run ({other.describe()}; lock "
-            f"{self.path}); wait for it to finish, or delete the lock if that run is gone"
+    def _write_error(self, exc: OSError) -> OutputWriteError:
+        return OutputWriteError(
+            f"{self.path}: cannot create the output's lock ({exc}); check the credentials "
+            "and that the bucket exists and is writable"
         )
 
     def _create(self) -> bool:
@@ -145,79 +111,38 @@ class ObjectLock:
                 stamp = max(stamp, self._beat_path(owner.token).mtime())
         return owner, time.time() - stamp
 
-    def _take_over(self, stale: LockOwner | None) -> None:
-        """Remove a stale lock, serialised by a conditionally created takeover object."""
-        takeover = self.path.with_name(self.path.name + ".takeover")
-        if not takeover.create(self.owner.text().encode()):
-            try:
-                if time.time() - takeover.mtime() > TAKEOVER_STALE_S:
-                    takeover.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
-            return  # another run is taking over: look again
-        try:
-            current, _ = self._read()
-            if current == stale:  # still the lock judged stale, not a fresh one
-                self.path.unlink(missing_ok=True)
-                if stale is not None:
-                    self._beat_path(stale.token).unlink(missing_ok=True)
-                who = stale.describe() if stale else "unreadable"
-                logger.warning(
-                    "%s: took over the stale lock of a run that is gone (%s)", self.out, who
-                )
-        finally:
-            takeover.unlink(missing_ok=True)
+    def _create_takeover(self) -> bool:
+        return bool(self._takeover.create(self.owner.text().encode()))
 
-    # -- holding it ----------------------------------------------------------------------
+    def _takeover_age(self) -> float:
+        return time.time() - self._takeover.mtime()
+
+    def _remove_takeover(self) -> None:
+        self._takeover.unlink(missing_ok=True)
+
+    def _remove_lock(self, owner: LockOwner | None) -> None:
+        self.path.unlink(missing_ok=True)
+        if owner is not None:
+            self._beat_path(owner.token).unlink(missing_ok=True)
 
     def _still_mine(self) -> bool:
-        try:
+        try:  # the lock only: its heartbeat's age is not needed here
             owner = LockOwner.parse(self.path.read_text())
         except FileNotFoundError:
             return False
         return owner is not None and owner.token == self.owner.token
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                if not self._still_mine():
-                    self._lost = True
-                    logger.error("%s: the lock was taken over by another run", self.out)
-                    return
-                self._beat_path(self.owner.token).write_bytes(b"")
-            except OSError as exc:
-                logger.warning("%s: cannot refresh the lock (%s)", self.path, exc)
-
-    def check(self) -> None:
-        """Raise :class:`StoreLockedError` if the lock is no longer ours."""
-        if not self._held:
-            raise StoreLockedError(f"{self.out}: the lock is not held")
-        if self._lost or not self._still_mine():
-            self._lost = True
-            raise StoreLockedError(
-                f"{self.out}: its lock {self.path} was taken over by another run while this one "
-                "was stalled; this run stops without marking anything complete"
-            )
+    def _refresh(self) -> None:
+        self._beat_path(self.owner.token).write_bytes(b"")
 
     def release(self) -> None:
-        if not self._held:
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._held = False
-        try:
-            if self._still_mine():
-                self.path.unlink(missing_ok=True)
-            self._beat_path(self.owner.token).unlink(missing_ok=True)
-        except OSError as exc:
-            logger.warning("%s: cannot remove the lock (%s)", self.path, exc)
-
-    def __enter__(self) -> ObjectLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+        held = self._held
+        super().release()
+        if held:  # our heartbeat goes even where the lock is no longer ours
+            try:
+                self._beat_path(self.owner.token).unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("%s: cannot remove the lock's heartbeat (%s)", self.path, exc)
 
 
 def lock_path_name(out: RemotePath) -> str:

@@ -17,10 +17,8 @@ Two RGB images:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,8 @@ import zarr
 from numpy.typing import NDArray
 
 from wsi_infer.errors import OutputExistsError, OutputWriteError, SlideNotFoundError
-from wsi_infer.store import ATTR, open_result, refuse_inside_store
+from wsi_infer.files import atomic_write
+from wsi_infer.store import ATTR, open_result, refuse_existing, refuse_inside_store
 
 __all__ = ["Overlay", "densest_window", "level0_box", "render_overlay", "write_overlay"]
 
@@ -290,20 +289,16 @@ def write_overlay(
     paths = [Path(overview_path), Path(zoom_path)]
     for p in paths:
         refuse_inside_store(p, "overlay")
-        if (p.exists() or p.is_symlink()) and not overwrite:
-            raise OutputExistsError(f"{p}: already exists; pass --overwrite to replace it")
+        refuse_existing(p, overwrite)
         if p.is_dir():
             raise OutputExistsError(f"{p}: is a directory")
     result = render_overlay(root, slide_path=slide_path, max_size=max_size, zoom_size=zoom_size)
     for p, img in zip(paths, (result.overview, result.zoom), strict=True):
-        partial = p.with_name(p.name + ".partial")
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(partial, format="PNG", optimize=True)
-            os.replace(partial, p)
+            with atomic_write(p) as partial:
+                Image.fromarray(img).save(partial, format="PNG", optimize=True)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
             raise OutputWriteError(
                 f"{p}: cannot write the overlay ({exc.strerror or exc}); choose a writable folder"
             ) from exc

@@ -2,10 +2,11 @@
 
 The network gives, per pixel, a foreground probability, a distance map (each
 nucleus' normalised distance to its border, 1 at its centre) and class
-probabilities.  Instances come from marker-controlled watershed: markers are
-the connected regions where the distance exceeds ``marker_threshold``; the
-watershed of the inverted distance, restricted to the foreground, grows them
-to the nucleus borders.  Foreground regions holding no marker become one
+probabilities.  Instances grow from markers: the connected regions where the
+distance exceeds ``marker_threshold`` (a nucleus' core); every foreground pixel
+joins the nearest core of its own connected piece of foreground (no watershed:
+the rule depends only on that piece, so a nucleus comes out the same in every
+window holding it whole).  Foreground pieces holding no marker become one
 instance each.  Everything here is deterministic.
 
 Maps are kept compact while they travel between stages: one ``uint8`` array
@@ -23,6 +24,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from wsi_infer.heads import (
+    MAP_CLASS,
+    MAP_CLASS_PROB,
+    MAP_DISTANCE,
+    MAP_FOREGROUND,
+    NUCLEUS_MAP_CHANNELS,
+    NucleusHead,
+)
+
 __all__ = [
     "MAP_CHANNELS",
     "PostprocessParams",
@@ -35,8 +45,8 @@ __all__ = [
 ]
 
 #: Channels of a compact map: foreground prob, distance, most likely nucleus class (1..K),
-#: its probability among the nucleus classes.
-MAP_CHANNELS = ("foreground", "distance", "type", "type_prob")
+#: its probability among the nucleus classes (the layout of :class:`NucleusHead`).
+MAP_CHANNELS = NUCLEUS_MAP_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -71,28 +81,22 @@ class PostprocessParams:
         return cls(**values)
 
 
-def logits_to_maps(logits: NDArray[np.floating]) -> NDArray[np.uint8]:
+def logits_to_maps(
+    logits: NDArray[np.floating], head: NucleusHead | None = None
+) -> NDArray[np.uint8]:
     """Network output ``(B, C, H, W)`` logits -> compact maps ``(B, H, W, 4)`` uint8.
 
+    ``head``'s step (:meth:`wsi_infer.heads.NucleusHead.logits_to_maps`; the model's
+    is ``config.head``); without one, the default layout of ``C`` channels.
     Channels: foreground and distance probabilities, then the most likely
     nucleus class (1..K) and its probability among the K nucleus classes.  The
     type head's background logit is left out: whether a pixel is a nucleus is
     the foreground head's call, so every nucleus gets a class.
     """
     logits = np.asarray(logits, dtype=np.float32)
-    fg = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-    dist = 1.0 / (1.0 + np.exp(-logits[:, 1]))
-    t = logits[:, 3:]
-    t = np.exp(t - t.max(axis=1, keepdims=True))
-    t /= t.sum(axis=1, keepdims=True)
-    cls = t.argmax(axis=1)
-    prob = np.take_along_axis(t, cls[:, None], axis=1)[:, 0]
-    out = np.empty((*fg.shape, 4), dtype=np.uint8)
-    out[..., 0] = np.rint(fg * 255)
-    out[..., 1] = np.rint(dist * 255)
-    out[..., 2] = cls + 1
-    out[..., 3] = np.rint(prob * 255)
-    return out
+    if head is None:
+        head = NucleusHead.for_logits(logits.shape[1])
+    return head.logits_to_maps(logits)
 
 
 def segment(
@@ -138,13 +142,13 @@ def segment_sparse(
     whole-window passes are scipy.ndimage's C loops (two labellings, which
     release the GIL); the rest works on the foreground pixels alone.
     """
-    fg = maps[..., 0] > round(params.foreground_threshold * 255)
+    fg = maps[..., MAP_FOREGROUND] > round(params.foreground_threshold * 255)
     shape = fg.shape
     labels = np.zeros(shape, dtype=np.int32)
     comps, n_comps = ndi.label(fg, output=np.int32)
     if n_comps == 0:
         return Segmentation(labels, 0, np.zeros(0, np.intp), np.zeros(0, np.int32))
-    cores = fg & (maps[..., 1] > round(params.marker_threshold * 255))
+    cores = fg & (maps[..., MAP_DISTANCE] > round(params.marker_threshold * 255))
     markers, n_markers = ndi.label(cores, output=np.int32)
     pixels = np.flatnonzero(fg)
     comp_of = comps.ravel()[pixels]
@@ -271,11 +275,11 @@ def pixel_types(
     in raster order) and their map values ``(pixels, 4)``."""
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.float32)
-    cls = values[:, 2].astype(np.intp)
+    cls = values[:, MAP_CLASS].astype(np.intp)
     n_cls = max(int(cls.max()) + 1, 2) if cls.size else 2
     lab = ids.astype(np.intp)
     votes = np.bincount(
-        lab * n_cls + cls, weights=values[:, 3] / 255.0, minlength=(n + 1) * n_cls
+        lab * n_cls + cls, weights=values[:, MAP_CLASS_PROB] / 255.0, minlength=(n + 1) * n_cls
     ).reshape(n + 1, n_cls)
     area = np.bincount(lab, minlength=n + 1).astype(np.float64)
     v = votes[1:, 1:]

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from wsi_infer.backends import MAP_CHANNELS, Backend
+from wsi_infer.backends import Backend
 from wsi_infer.errors import CheckpointError, IdentityMismatchError
+from wsi_infer.heads import Head
 from wsi_infer.identity import slide_identity
 from wsi_infer.reader import GridReader, open_slide
 from wsi_infer.recipe import BackendRecipe
@@ -175,11 +176,12 @@ def predict_tiles(
         out = backend(imgs)  # compact maps, made in the model's graph
         t3 = time.perf_counter()
     c3 = time.thread_time()
-    want = (len(tiles), t, t, MAP_CHANNELS)
-    if tuple(out.shape) != want or out.dtype != np.uint8:
+    head = backend.config.head
+    want = (len(tiles), *head.scratch_shape(t, t))
+    if tuple(out.shape) != want or out.dtype != np.dtype(head.map_dtype):
         raise CheckpointError(
             f"{backend.model_source}: the model returned {out.dtype} {tuple(out.shape)} for "
-            f"{len(tiles)} tiles of {t} px, the engine needs uint8 {want} maps; the model file "
+            f"{len(tiles)} tiles of {t} px, the engine needs {head.map_dtype} {want} maps; the model file "
             "and its config do not belong together: export it again with wsi-infer-export"
         )
     h = grid.halo
@@ -197,11 +199,12 @@ def predict_tiles(
     )
 
 
-def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int]) -> bool:
-    """A tile is done when its chunk is on disk: its type-probability channel is never 0."""
+def tile_done(maps: Any, grid: TileGrid, tile: tuple[int, int], head: Head) -> bool:
+    """A tile is done when its chunk is on disk: the head's ``done_channel`` is never 0
+    in a written tile."""
     y0, _, x0, _ = grid.core(*tile)
     try:
-        return bool(maps[y0, x0, 3] != 0)
+        return bool(maps[y0, x0, head.done_channel] != 0)
     except Exception:  # a chunk cut short by a crash: not done, it will be written again
         logger.warning("scratch chunk of tile %s unreadable; recomputing it", tile)
         return False

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_infer.errors import RemoteStorageError, SlideNotFoundError, SlideReadError
+from wsi_infer.files import file_sha256
 from wsi_infer.location import RemotePath, parse_location
 
 __all__ = ["DEFAULT_CACHE_GB", "StagedSlide", "cache_dir", "local_slide", "stage_slide"]
@@ -81,11 +82,6 @@ def cache_limit() -> int:
     if not gb > 0:
         raise SlideReadError(f"{CACHE_GB_ENV}={text!r} must be positive")
     return int(gb * 1e9)
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _md5(path: Path) -> str:
@@ -145,7 +141,7 @@ def stage_slide(
     target = entry / (url.name or "slide")
     known = _read_entry(entry)
     if known is not None and target.is_file() and target.stat().st_size == size:
-        if _sha256(target) == known.get("sha256"):
+        if file_sha256(target) == known.get("sha256"):
             os.utime(entry / ENTRY)  # recently used
             logger.info("%s: staged copy %s verified", url, target)
             return StagedSlide(url.url, target, size, mtime_ns, str(known["sha256"]))
@@ -173,7 +169,7 @@ def stage_slide(
                 raise SlideReadError(
                     f"{url}: the download's MD5 differs from the object's ETag {etag}; try again"
                 )
-            digest = _sha256(local)
+            digest = file_sha256(local)
             os.utime(local, ns=(mtime_ns, mtime_ns))
             record = {"url": url.url, "size": size, "mtime_ns": mtime_ns, "etag": etag}
             record["sha256"] = digest

@@ -105,7 +105,7 @@ def segment_window(
     owned = np.flatnonzero((iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1) & (extent <= margin))
     if owned.size == 0:
         return WindowNuclei.empty()
-    types, probs = pixel_types(ids, window.reshape(-1, 4)[pixels], n)
+    types, probs = pixel_types(ids, window.reshape(-1, window.shape[-1])[pixels], n)
     row = np.full(n + 1, -1, np.intp)
     row[owned + 1] = np.arange(owned.size)
     mine = row[ids]

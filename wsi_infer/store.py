@@ -32,7 +32,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -42,6 +42,9 @@ from zarr.codecs import BloscCodec
 from wsi_infer.errors import IncompleteStoreError, OutputExistsError, RemoteStorageError
 from wsi_infer.location import RemotePath, StorePath, parse_location, remove_tree
 
+if TYPE_CHECKING:
+    from wsi_infer.heads import Head
+
 __all__ = [
     "TABLE_COLUMNS",
     "create_store",
@@ -49,6 +52,7 @@ __all__ = [
     "open_result",
     "prepare_output",
     "read_table",
+    "refuse_existing",
     "refuse_inside_store",
     "remove_creating",
     "remove_leftovers",
@@ -111,6 +115,17 @@ def refuse_inside_store(path: StorePath, what: str) -> None:
         )
 
 
+def refuse_existing(path: StorePath, overwrite: bool) -> bool:
+    """Whether output ``path`` exists (a dangling link counts); if it does and not
+    ``overwrite``, raise :class:`OutputExistsError` saying how to go on."""
+    exists = path.exists() or path.is_symlink()
+    if exists and not overwrite:
+        raise OutputExistsError(
+            f"{path}: already exists; pass --overwrite to replace it, or choose another output"
+        )
+    return exists
+
+
 def _describe(path: StorePath) -> str:
     if path.is_symlink():
         return "a symbolic link"
@@ -127,12 +142,8 @@ def prepare_output(path: StorePath, overwrite: bool) -> None:
     Only a wsi-infer store (or an empty folder) is ever removed: anything else
     at ``path`` is an error even with ``overwrite``.
     """
-    if not (path.exists() or path.is_symlink()):
+    if not refuse_existing(path, overwrite):
         return
-    if not overwrite:
-        raise OutputExistsError(
-            f"{path}: already exists; pass --overwrite to replace it, or choose another --out"
-        )
     if is_wsi_infer_store(path):
         remove_tree(path)
     elif (
@@ -215,9 +226,11 @@ def create_store(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
+    head: Head,
     attrs: dict[str, Any],
 ) -> zarr.Group:
-    """Create the store's arrays (empty) with ``status: running``.
+    """Create the store's arrays (empty) with ``status: running``; the scratch maps have
+    the layout of the model's ``head``.
 
     The store is made under a temporary name beside ``path`` and renamed into
     place: ``path`` never holds a store without its attributes.  In object
@@ -232,6 +245,7 @@ def create_store(
         "run_mpp": run_mpp,
         "class_names": class_names,
         "class_colours": class_colours,
+        "head": head,
     }
     if isinstance(path, RemotePath):
         _create_arrays(path, attrs=attrs, status=CREATING, **layout)
@@ -251,6 +265,7 @@ def create_store(
             run_mpp=run_mpp,
             class_names=class_names,
             class_colours=class_colours,
+            head=head,
             attrs=attrs,
         )
         os.rename(path, final)  # fails if ``final`` exists: nothing is replaced
@@ -271,6 +286,7 @@ def _create_arrays(
     run_mpp: float,
     class_names: tuple[str, ...],
     class_colours: tuple[tuple[int, int, int], ...],
+    head: Head,
     attrs: dict[str, Any],
     status: str = "running",
 ) -> None:
@@ -331,9 +347,9 @@ def _create_arrays(
     # (written once per tile, read once by segmentation), at the same size.
     scratch.create_array(
         "maps",
-        shape=(h, w, 4),
-        chunks=(map_chunk, map_chunk, 4),
-        dtype="uint8",
+        shape=head.scratch_shape(h, w),
+        chunks=head.scratch_shape(map_chunk, map_chunk),
+        dtype=head.map_dtype,
         fill_value=0,
         compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")],
     )

@@ -30,6 +30,7 @@ from typing import Any
 import zarr
 
 from wsi_infer.errors import CorruptStoreError, IncompleteStoreError
+from wsi_infer.files import file_sha256
 from wsi_infer.location import RemotePath, StorePath, walk_files
 from wsi_infer.store import ATTR, TABLE_COLUMNS, remove_leftovers
 
@@ -93,8 +94,7 @@ def leftovers(path: StorePath, files: list[str] | None = None) -> list[str]:
 def _file_sha256(path: StorePath, rel: str) -> str:
     if isinstance(path, RemotePath):
         return hashlib.sha256((path / rel).read_bytes()).hexdigest()
-    with (path / rel).open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return file_sha256(path / rel)
 
 
 def node_digests(path: StorePath, files: list[str] | None = None) -> dict[str, str]:

@@ -304,10 +304,11 @@ def _model_checkpoint(model: str, cache: Path) -> str:
         import torch
 
         from wsi_infer.config import ModelConfig
-        from wsi_infer.model import NucleusSegFormer, save_checkpoint
+        from wsi_infer.model import save_checkpoint
+        from wsi_infer.registry import create_model
 
         torch.manual_seed(0)
-        save_checkpoint(NucleusSegFormer(ModelConfig()), out)
+        save_checkpoint(create_model(ModelConfig()), out)
     return str(out)
 
 
@@ -943,7 +944,7 @@ def save(
 @click.option("--child", nargs=2, metavar="CONFIG OUT", hidden=True)
 def bench_command(**options: Any) -> int:
     """Benchmark wsi-infer stage by stage on realistic synthetic slides."""
-    from wsi_infer.errors import WsiInferError
+    from wsi_infer.errors import WsiInferError, one_line_error
 
     args = SimpleNamespace(**options)
     if args.child:
@@ -974,7 +975,7 @@ def bench_command(**options: Any) -> int:
             real_slides=args.slide,
         )
     except (WsiInferError, RuntimeError, ValueError, OSError) as exc:
-        print(f"wsi-infer-bench: error: {exc}", file=sys.stderr)
+        print(one_line_error("wsi-infer-bench", exc), file=sys.stderr)
         return 1
     paths = save(result, args.out_dir, args.name, plots=not args.no_plot)
     print(format_table(result))

@@ -79,9 +79,8 @@ def predict_tiled(
     """Compact maps of ``image`` tiled as the engine tiles a slide (origins at
     ``i * stride - halo``, white outside), and the model's CPU seconds."""
     from wsi_infer.postprocess import logits_to_maps
+    from wsi_infer.tilemaps import normalise_tiles
 
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
     h, w = image.shape[:2]
     halo, stride = overlap // 2, tile - overlap
     ny, nx = math.ceil(h / stride), math.ceil(w / stride)
@@ -95,8 +94,9 @@ def predict_tiled(
         tiles = np.stack(
             [pad[i * stride : i * stride + tile, j * stride : j * stride + tile] for i, j in cs]
         )
-        # normalised as wsi_infer.tilemaps.TileMaps does inside the engine's graph
-        x = (torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        x = normalise_tiles(
+            torch.from_numpy(tiles), config.mean, config.std
+        )  # as in the engine's graph
         t0 = time.process_time()
         with torch.inference_mode():
             y = module(x)
@@ -114,7 +114,8 @@ def predict_tiled(
 
 
 def _module(design: Design) -> tuple[torch.nn.Module, Any]:
-    from wsi_infer.model import NucleusSegFormer, load_model
+    from wsi_infer.model import load_model
+    from wsi_infer.registry import create_model
 
     loaded = load_model(design.checkpoint)
     config = dataclasses.replace(
@@ -122,7 +123,7 @@ def _module(design: Design) -> tuple[torch.nn.Module, Any]:
         attention_window=design.attention_window,
         overlap=design.overlap,
     )
-    module = NucleusSegFormer(config)
+    module = create_model(config)
     module.load_state_dict(loaded.module.state_dict())
     return module.eval(), config
 

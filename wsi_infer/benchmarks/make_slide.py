@@ -38,6 +38,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wsi_infer.cli.options import PATH, entry_point, path_option
+from wsi_infer.errors import one_line_error
+from wsi_infer.files import atomic_write
 
 __all__ = [
     "DEFAULT_NUCLEI_DIR",
@@ -451,7 +453,6 @@ def make_slide(
     shapes = level_shapes(spec.width, spec.height, spec.downsample)
     level0 = _Level0(spec, bank, fraction)
     f = spec.downsample
-    partial = out.with_name(out.name + ".partial")
     # JPEG stores well under a byte per pixel; BigTIFF where 4 GB might not suffice.
     bigtiff = spec.width * spec.height > 2**31
     description = (
@@ -480,7 +481,7 @@ def make_slide(
                     Path(tmp) / f"level{k}.npy", mode="w+", dtype=np.uint8, shape=(hk, wk, 3)
                 )
             )
-        with tifffile.TiffWriter(partial, bigtiff=bigtiff) as tif:
+        with atomic_write(out) as partial, tifffile.TiffWriter(partial, bigtiff=bigtiff) as tif:
             tif.write(
                 level0.tiles(levels[0] if levels else None, f),
                 shape=(spec.height, spec.width, 3),
@@ -492,7 +493,6 @@ def make_slide(
                     _downsample_into(levels[k - 2], arr, f)
                 tif.write(_array_tiles(arr), shape=arr.shape, **options(k))
         del levels
-    partial.replace(out)
     area = spec.width * spec.height
     info = SlideInfo(
         path=str(out),
@@ -588,7 +588,7 @@ def make_slide_command(**options: Any) -> int:
         )
         info = make_slide(args.out, spec, nuclei_dir=args.nuclei_dir)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"make_slide: error: {exc}", file=sys.stderr)
+        print(one_line_error("make_slide", exc), file=sys.stderr)
         return 1
     print(
         f"{info.path}: {w} x {h} px at {args.mpp} mpp, levels "

@@ -17,6 +17,7 @@ and a fixed window, so the picture depends only on the page.
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import subprocess
@@ -88,7 +89,7 @@ def run_batch(shared: Path, results: Path, *extra: str) -> int:
     work = results.parent
     regions = work / "slides"
     regions.mkdir(parents=True, exist_ok=True)
-    lines = ["path,mpp,name"]
+    rows: list[dict[str, object]] = []
     for name, (file, region, mpp) in BATCH.items():
         source = shared / file
         if not source.is_file():
@@ -98,9 +99,12 @@ def run_batch(shared: Path, results: Path, *extra: str) -> int:
         else:
             path = regions / source.name
             shutil.copyfile(source, path)
-        lines.append(f"{path.relative_to(work)},{'' if mpp is None else mpp},{name}")
+        rows.append({"path": path.relative_to(work), "mpp": mpp, "name": name})
     manifest = work / "slides.csv"  # its paths are relative to its folder
-    manifest.write_text("\n".join(lines) + "\n")
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "mpp", "name"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     cmd = [sys.executable, "-m", "wsi_infer", "--manifest", str(manifest.relative_to(work))]
     cmd += ["--out", results.name, *extra]
     logger.info("running %s in %s", " ".join(cmd), work)

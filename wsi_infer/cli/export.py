@@ -52,8 +52,8 @@ def geojson(store: str, out: str, compress: bool | None, overwrite: bool, quiet:
     "-o",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for overlay.png and overlay_zoom.png "
-    "(default: beside STORE, as NAME.overlay.png and NAME.overlay_zoom.png).",
+    help="Folder for NAME.overlay.png and NAME.overlay_zoom.png, NAME being STORE's name "
+    "without .zarr (default: beside STORE).",
 )
 @click.option(
     "--slide",
@@ -89,14 +89,10 @@ def overlay(
     from wsi_infer.errors import WsiInferError
     from wsi_infer.overlay import write_overlay
 
-    if out_dir is None:
-        stem = store.name.removesuffix(".zarr") or "result"
-        paths = (
-            store.parent / f"{stem}.overlay.png",
-            store.parent / f"{stem}.overlay_zoom.png",
-        )
-    else:
-        paths = (out_dir / "overlay.png", out_dir / "overlay_zoom.png")
+    # one name scheme, beside the store or in a folder several stores' overlays may share
+    stem = store.name.removesuffix(".zarr") or "result"
+    folder = store.parent if out_dir is None else out_dir
+    paths = (folder / f"{stem}.overlay.png", folder / f"{stem}.overlay_zoom.png")
     try:
         result = write_overlay(
             store,

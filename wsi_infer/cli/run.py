@@ -17,6 +17,7 @@ from wsi_infer.cli.common import (
     tqdm_progress,
     verbose_option,
 )
+from wsi_infer.errors import one_line_error
 from wsi_infer.location import parse_location
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ EXIT_SOME_FAILED = 3
     "-m",
     default="default",
     show_default=True,
-    help="Bundled model name or checkpoint directory.",
+    help="Bundled model name, checkpoint directory, or exported MODEL.onnx (run by onnxruntime).",
 )
 @click.option(
     "--backend",
@@ -341,6 +342,6 @@ def _run_many(job: _Job, slides: list[Any], manifest: Path | None, out: Any) -> 
         if r.status != "failed":
             _warn(r.slide, r.warnings)
     for r in failed:
-        click.echo(f"wsi-infer: error: {r.error}", err=True)
+        click.echo(one_line_error("wsi-infer", r.error), err=True)
     if failed:
         sys.exit(EXIT_SOME_FAILED)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "resolve_cache_dir", "sha256_file", "slug"]
+__all__ = ["default_cache_dir", "resolve_cache_dir", "slug"]
 
 APP_NAME = "wsi-infer"
 
@@ -42,14 +41,6 @@ def resolve_cache_dir(cache_dir: str | Path | None, sub: str) -> Path:
     path = root / sub
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def slug(text: str) -> str:

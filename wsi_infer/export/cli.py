@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wsi_infer.cli.options import entry_point, multi_option, path_option
-from wsi_infer.errors import WsiInferError
+from wsi_infer.errors import WsiInferError, one_line_error
 from wsi_infer.export.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx
 
 __all__ = ["export_command", "main", "read_slide_tiles"]
@@ -143,7 +143,7 @@ def export_command(**options: Any) -> int:
             )
             sys.stdout.write(f"engine       {engine}\n")
     except (WsiInferError, ValueError, OSError) as exc:
-        sys.stderr.write(f"wsi-infer-export: error: {exc}\n")
+        sys.stderr.write(one_line_error("wsi-infer-export", exc) + "\n")
         return 2
     return 0
 

@@ -1,4 +1,4 @@
-"""Export a :class:`~wsi_infer.model.NucleusSegFormer` to ONNX with its contract; check parity.
+"""Export a registered model (:mod:`wsi_infer.registry`) to ONNX with its contract; check parity.
 
 The exported graph is the model as the engine runs it
 (:class:`~wsi_infer.tilemaps.TileMaps`): ``uint8 (B, H, W, 3)`` RGB tiles in
@@ -18,10 +18,10 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -32,13 +32,14 @@ from numpy.typing import NDArray
 
 from wsi_infer.config import ModelConfig
 from wsi_infer.errors import BackendUnavailableError, CheckpointError, WsiInferError
-from wsi_infer.export.cache import resolve_cache_dir, sha256_file
+from wsi_infer.export.cache import resolve_cache_dir
+from wsi_infer.files import atomic_write, file_sha256
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
-    from wsi_infer.model import NucleusSegFormer
+    from wsi_infer.heads import Head
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -61,6 +62,32 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: What a user should see once in a while (a command shows it on stderr unless --quiet).
+notice = logging.getLogger("wsi_infer.notice")
+
+#: The logger of torch's ONNX exporter that warns, on every export without torchvision
+#: installed, that it skips torchvision's operators (nms, roi_align, ...).
+_TORCH_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _NoTorchvisionSkips(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping ..." records: no
+    wsi-infer model uses torchvision's operators, so they only worry users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextmanager
+def _without_torchvision_skips() -> Iterator[None]:
+    source = logging.getLogger(_TORCH_REGISTRATION_LOGGER)
+    quiet = _NoTorchvisionSkips()
+    source.addFilter(quiet)
+    try:
+        yield
+    finally:
+        source.removeFilter(quiet)
+
 
 #: ONNX metadata keys.
 META_CONFIG = "wsi_infer.config"
@@ -155,18 +182,23 @@ def _require(module: str) -> ModuleType:
         ) from exc
 
 
-def _resolve_model(model: Any) -> tuple[NucleusSegFormer, str, str]:
-    """(module in eval mode, source sha256 or "", human-readable source)."""
-    from wsi_infer.model import LoadedModel, NucleusSegFormer, load_model
+def _resolve_model(model: Any) -> tuple[torch.nn.Module, ModelConfig, str, str]:
+    """(module in eval mode, its config, source sha256 or "", human-readable source)."""
+    from torch import nn
 
-    if isinstance(model, NucleusSegFormer):
-        return model.eval(), "", type(model).__name__
+    from wsi_infer.model import LoadedModel, load_model
+    from wsi_infer.registry import module_config
+
+    if isinstance(model, nn.Module) and isinstance(getattr(model, "config", None), ModelConfig):
+        return model.eval(), module_config(model), "", type(model).__name__
     if isinstance(model, LoadedModel):
-        return model.module.eval(), model.sha256, model.source
+        return model.module.eval(), model.config, model.sha256, model.source
     if isinstance(model, (str, Path)):
         loaded = load_model(model)
-        return loaded.module.eval(), loaded.sha256, loaded.source
-    raise TypeError(f"cannot export {type(model).__name__}; pass a checkpoint or NucleusSegFormer")
+        return loaded.module.eval(), loaded.config, loaded.sha256, loaded.source
+    raise TypeError(
+        f"cannot export {type(model).__name__}; pass a checkpoint or a model made by create_model"
+    )
 
 
 def check_tiles(tiles: NDArray[Any], config: ModelConfig) -> NDArray[np.uint8]:
@@ -242,7 +274,7 @@ def _torch_export(
     if dynamic_hw:
         spec[1] = torch.export.Dim.AUTO
         spec[2] = torch.export.Dim.AUTO
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _without_torchvision_skips():
         # deprecation chatter from torch.export internals, not actionable here
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -298,7 +330,8 @@ def export_onnx(
     """Export ``model`` to ``out_path`` and prove it matches PyTorch.
 
     ``model``: a checkpoint directory, a bundled model's name, a
-    :class:`~wsi_infer.model.LoadedModel` or a :class:`NucleusSegFormer`.
+    :class:`~wsi_infer.model.LoadedModel` or a network made by
+    :func:`~wsi_infer.registry.create_model`.
     ``batch``: ``None`` exports a dynamic batch axis, an int fixes it.
     ``dynamic_hw``: export dynamic height/width (any multiple of the config's
     ``input_multiple``); else the config's ``tile_size`` is fixed.  ``fp16``:
@@ -315,8 +348,7 @@ def export_onnx(
 
     from wsi_infer.tilemaps import TileMaps
 
-    net, source_sha256, source = _resolve_model(model)
-    config: ModelConfig = net.config
+    net, config, source_sha256, source = _resolve_model(model)
     module = TileMaps(net, config).eval()
     precision = "fp16" if fp16 else "fp32"
     out = Path(out_path)
@@ -352,16 +384,14 @@ def export_onnx(
             "wsi_infer.exporter": f"torch {torch.__version__}",
         },
     )
+    head = config.head
     proto.doc_string = (
         f"wsi-infer nucleus model {config.name} v{config.version} ({config.arch}, {precision}); "
-        f"input {INPUT_NAME} uint8 (B,H,W,3) RGB; output {OUTPUT_NAME} uint8 (B,H,W,4) "
-        "foreground, distance, nucleus class 1..K, its probability (0..255)"
+        f"input {INPUT_NAME} uint8 (B,H,W,3) RGB; output {OUTPUT_NAME} {head.map_dtype} "
+        f"(B,H,W,{head.num_map_channels}) {', '.join(head.map_channels)}"
     )
 
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(out, ".tmp") as tmp:
         onnx.save_model(proto, str(tmp))
         export_seconds = time.perf_counter() - started
         stats: tuple[int, float, float, tuple[int, float]] | None = None
@@ -376,14 +406,13 @@ def export_onnx(
                 raise ValueError(
                     f"tiles are {parity_tiles.shape[1:3]} but the model is fixed at {hw}"
                 )
-            stats = _parity(module, tmp, parity_tiles, batch, precision, max_step, max_flips)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+            stats = _parity(
+                module, tmp, parity_tiles, batch, precision, max_step, max_flips, config.head
+            )
 
     report = ExportReport(
         onnx_path=out,
-        sha256=sha256_file(out),
+        sha256=file_sha256(out),
         source_sha256=source_sha256,
         precision=precision,
         opset=opset,
@@ -415,9 +444,11 @@ def _parity(
     precision: str,
     max_step: int | None,
     max_flips: float | None,
+    head: Head,
 ) -> tuple[int, float, float, tuple[int, float]]:
     """(max probability step, mean step, share of pixels whose class differs, bound);
-    raises ParityError beyond the bound."""
+    raises ParityError beyond the bound.  ``head`` says which map channels are
+    probabilities and which the class."""
     import torch
 
     session = _ort_session(path)
@@ -437,16 +468,18 @@ def _parity(
             raise ParityError(
                 f"{path}: ONNX maps {got.dtype} {got.shape} != torch {ref.dtype} {ref.shape}"
             )
-        diff = np.abs(got[..., [0, 1, 3]].astype(np.int16) - ref[..., [0, 1, 3]])
+        probs = list(head.probability_channels)
+        diff = np.abs(got[..., probs].astype(np.int16) - ref[..., probs])
         worst = max(worst, int(diff.max()))
         sum_diff += float(diff.sum())
-        flips += int((got[..., 2] != ref[..., 2]).sum())
+        if head.class_channel is not None:
+            flips += int((got[..., head.class_channel] != ref[..., head.class_channel]).sum())
         count += got[..., 0].size
     if count == 0:
         raise ValueError(f"parity check needs at least {batch} tiles for a fixed-batch export")
     a, r = TOLERANCES[precision]
     bound = (a if max_step is None else max_step, r if max_flips is None else max_flips)
-    mean_diff, flipped = sum_diff / (3 * count), flips / count
+    mean_diff, flipped = sum_diff / (len(head.probability_channels) * count), flips / count
     if worst > bound[0] or flipped > bound[1]:
         raise ParityError(
             f"{path}: {precision} ONNX maps differ from torch by up to {worst}/255 "
@@ -505,7 +538,7 @@ def cached_onnx_path(
     from wsi_infer.model import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
 
     ckpt = resolve_checkpoint(model)
-    weights_sha = sha256_file(ckpt / WEIGHTS_FILE)
+    weights_sha = file_sha256(ckpt / WEIGHTS_FILE)
     config = ModelConfig.from_json(ckpt / CONFIG_FILE)
     config_sha = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     precision = "fp16" if fp16 else "fp32"
@@ -533,5 +566,12 @@ def cached_onnx(
         logger.info("using cached ONNX export %s", path)
         return path
     logger.info("no cached ONNX export of %s; exporting to %s", ckpt, path)
+    notice.info("exporting the model for ONNX Runtime (once, ~30 s)")
+    started = time.perf_counter()
     export_onnx(ckpt, path, fp16=fp16, opset=opset, check=True)
+    notice.info(
+        "exported the model for ONNX Runtime in %.0f s (kept in %s)",
+        time.perf_counter() - started,
+        path.parent,
+    )
     return path

@@ -12,18 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from wsi_infer.errors import BackendUnavailableError, CheckpointError
-from wsi_infer.export.cache import resolve_cache_dir, sha256_file, slug
+from wsi_infer.export.cache import resolve_cache_dir, slug
 from wsi_infer.export.onnx_export import INPUT_NAME, read_onnx_contract
+from wsi_infer.files import atomic_write, file_sha256
 
 __all__ = [
     "TENSORRT_HINT",
@@ -212,7 +211,7 @@ def build_tensorrt_engine(
     )
     min_batch, opt_batch, max_batch, lo_tile, opt_tile, hi_tile = profile
     trt = import_tensorrt()
-    onnx_sha = sha256_file(onnx_file)
+    onnx_sha = file_sha256(onnx_file)
     gpu = gpu_name(device_index)
     precision = "fp16" if fp16 or contract.precision == "fp16" else "fp32"
     trt_version = str(trt.__version__)
@@ -284,10 +283,8 @@ def build_tensorrt_engine(
             f"{onnx_file}: TensorRT failed to build an engine (see its log above)"
         )
 
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(memoryview(serialized))
-    Path(tmp_name).replace(out)
+    with atomic_write(out, ".tmp") as tmp:
+        tmp.write_bytes(memoryview(serialized))
     EngineInfo(
         onnx_sha256=onnx_sha,
         gpu=gpu,

@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 from skimage.color import hed_from_rgb, rgb_from_hed
-
-from wsi_infer.training.data import relabel_sequential
+from skimage.segmentation import relabel_sequential
 
 __all__ = ["Augmenter", "hed_jitter", "random_scaled_crop"]
 
@@ -77,7 +76,7 @@ def random_scaled_crop(
     y = int(rng.integers(0, h - region + 1))
     x = int(rng.integers(0, w - region + 1))
     img = np.ascontiguousarray(image[y : y + region, x : x + region])
-    ins = relabel_sequential(inst[y : y + region, x : x + region])
+    ins = relabel_sequential(inst[y : y + region, x : x + region])[0]
     typ = np.ascontiguousarray(types[y : y + region, x : x + region])
     if region != crop:
         interp = cv2.INTER_AREA if region > crop else cv2.INTER_LINEAR
@@ -91,7 +90,7 @@ def random_scaled_crop(
 
 def _as_u16(inst: NDArray[np.integer]) -> NDArray[np.uint16]:
     """OpenCV warps 16-bit but not 32-bit unsigned maps: renumber, then narrow."""
-    inst = relabel_sequential(inst)
+    inst = relabel_sequential(inst)[0]
     if int(inst.max(initial=0)) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 instances in one crop")
     return inst.astype(np.uint16)

@@ -29,7 +29,8 @@ from wsi_infer.cli.options import (
     threads_option,
     tile_size_option,
 )
-from wsi_infer.config import ARCHITECTURES
+from wsi_infer.config import ARCHITECTURES, DEFAULT_FAMILY
+from wsi_infer.errors import one_line_error
 
 if TYPE_CHECKING:
     from wsi_infer.training.data import Source
@@ -107,6 +108,12 @@ _TIME_UNITS = "MINUTES (a number; or with a unit: 216m, 3.6h, 90s)"
     help="carve this fraction of each --data folder's source images out for validation",
 )
 # model
+@click.option(
+    "--family",
+    default=DEFAULT_FAMILY,
+    show_default=True,
+    help="model family, one of the model registry's (wsi_infer.registry.list_models)",
+)
 @click.option(
     "--arch",
     default="b0",
@@ -214,6 +221,7 @@ def train_command(**options: Any) -> int:
     """Train the nucleus model on PanNuke folds and/or images/+labels.npz folders."""
     from wsi_infer.config import ModelConfig
     from wsi_infer.errors import CheckpointError
+    from wsi_infer.registry import model_info
     from wsi_infer.training.data import FolderSource, group_of, split_by_group
     from wsi_infer.training.loop import TrainSettings, train
     from wsi_infer.training.losses import LossWeights
@@ -248,6 +256,7 @@ def train_command(**options: Any) -> int:
         config = ModelConfig(
             name=args.name,
             version=args.model_version,
+            family=args.family,
             arch=args.arch,
             mpp=args.mpp,
             tile_size=(tile := args.tile_size or crops[-1]),
@@ -267,10 +276,11 @@ def train_command(**options: Any) -> int:
                 **({"licence": args.licence} if args.licence else {}),
             },
         )
+        model_info(config.family)  # an unknown family fails here, in one line
     except CheckpointError as exc:
-        raise SystemExit(f"wsi-infer-train: {exc}") from None
+        raise SystemExit(one_line_error("wsi-infer-train", exc)) from None
     if args.types_only and args.init is None:
-        raise SystemExit("wsi-infer-train: --types-only needs --init CHECKPOINT")
+        raise SystemExit(one_line_error("wsi-infer-train", "--types-only needs --init CHECKPOINT"))
     if args.init is not None:
         import dataclasses
 
@@ -279,7 +289,7 @@ def train_command(**options: Any) -> int:
         try:
             initial = model_config(args.init)
         except CheckpointError as exc:
-            raise SystemExit(f"wsi-infer-train: {exc}") from None
+            raise SystemExit(one_line_error("wsi-infer-train", exc)) from None
         config = dataclasses.replace(
             initial,
             version=args.model_version,
@@ -320,7 +330,7 @@ def train_command(**options: Any) -> int:
     try:
         result = train(train_sources, val_sources, config, settings)
     except CheckpointError as exc:
-        raise SystemExit(f"wsi-infer-train: {exc}") from None
+        raise SystemExit(one_line_error("wsi-infer-train", exc)) from None
     click.echo(json.dumps(result, indent=2))
     return 0
 
@@ -451,7 +461,7 @@ def tune_command(**options: Any) -> int:
     try:
         loaded = load_model(args.checkpoint)
     except CheckpointError as exc:
-        raise SystemExit(f"wsi-infer-tune: {exc}") from None
+        raise SystemExit(one_line_error("wsi-infer-tune", exc)) from None
     config = loaded.config
     tiles = {
         k: v for k, v in (("tile_size", args.tile_size), ("overlap", args.overlap)) if v is not None
@@ -464,7 +474,9 @@ def tune_command(**options: Any) -> int:
             config = dataclasses.replace(config, **tiles)
             RunParams.for_model(config)
         except (ValueError, ParameterError) as exc:
-            raise SystemExit(f"wsi-infer-tune: {args.checkpoint}: {exc}") from None
+            raise SystemExit(
+                one_line_error("wsi-infer-tune", f"{args.checkpoint}: {exc}")
+            ) from None
         loaded.module.config = config
         save_checkpoint(loaded.module, args.checkpoint)
     if args.no_search:
@@ -488,7 +500,9 @@ def tune_command(**options: Any) -> int:
         train_sources.append(Subset(src, rest, str(d)))
     val_sources.extend(FolderSource(d, target_mpp=config.mpp) for d in args.val_data)
     if not val_sources:
-        raise SystemExit("wsi-infer-tune: no validation data: give --data and/or --val-data")
+        raise SystemExit(
+            one_line_error("wsi-infer-tune", "no validation data: give --data and/or --val-data")
+        )
     if config.train_area_um2 is None and train_sources:
         module = loaded.module
         module.config = dataclasses.replace(

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
+from skimage.segmentation import relabel_sequential
 
 __all__ = [
     "IGNORE_INDEX",
@@ -319,7 +320,7 @@ def _resample(
     h, w = shape
     interp = cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_LINEAR
     img = np.asarray(cv2.resize(image, (w, h), interpolation=interp), np.uint8)
-    ins = relabel_sequential(inst)
+    ins = relabel_sequential(inst)[0]
     if int(ins.max(initial=0)) > np.iinfo(np.uint16).max:
         raise ValueError("more than 65535 instances in one image")
     nearest = cv2.INTER_NEAREST_EXACT
@@ -411,17 +412,6 @@ def per_instance_distance(inst: NDArray[np.integer]) -> NDArray[np.float32]:
     return out
 
 
-def relabel_sequential(inst: NDArray[np.integer]) -> NDArray[np.uint32]:
-    """Ids 1..n in increasing order of the old ids (0 stays 0)."""
-    ids = np.unique(inst)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return np.zeros(inst.shape, np.uint32)
-    lut = np.zeros(int(ids.max()) + 1, dtype=np.uint32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-    return lut[inst]
-
-
 def build_targets(
     inst: NDArray[np.integer], types: NDArray[np.uint8]
 ) -> dict[str, NDArray[np.generic]]:
@@ -431,7 +421,7 @@ def build_targets(
     :func:`per_instance_distance`); ``type`` int64 with 0 on background, class
     index + 1 on nuclei, :data:`IGNORE_INDEX` where unknown.
     """
-    inst = relabel_sequential(inst)
+    inst = relabel_sequential(inst)[0]
     fg = (inst > 0).astype(np.float32)
     t = types.astype(np.int64)
     t[inst == 0] = 0
@@ -441,12 +431,13 @@ def build_targets(
 def normalise_image(
     image: NDArray[np.uint8], mean: Sequence[float], std: Sequence[float]
 ) -> NDArray[np.float32]:
-    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 normalised as the engine does."""
-    x = image.astype(np.float32) / np.float32(255.0)
-    m = np.asarray(mean, np.float32)
-    s = np.asarray(std, np.float32)
-    out: NDArray[np.float32] = ((x - m) / s).astype(np.float32, copy=False)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 normalised as the engine does
+    (:func:`wsi_infer.tilemaps.normalise_tiles`)."""
+    from wsi_infer.tilemaps import normalise_tiles
+
+    tiles = torch.tensor(np.asarray(image, np.uint8)[None])  # a copy: the image may be read-only
+    out: NDArray[np.float32] = normalise_tiles(tiles, mean, std)[0].contiguous().numpy()
+    return out
 
 
 # --------------------------------------------------------------------------- dataset

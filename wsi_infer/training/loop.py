@@ -29,8 +29,9 @@ import torch
 from tqdm import tqdm
 
 from wsi_infer.config import ModelConfig
-from wsi_infer.model import NucleusSegFormer, load_encoder_weights, save_checkpoint
+from wsi_infer.model import load_encoder_weights, save_checkpoint, submodule
 from wsi_infer.postprocess import PostprocessParams
+from wsi_infer.registry import create_model
 from wsi_infer.training.augment import Augmenter
 from wsi_infer.training.data import IGNORE_INDEX, CropBatchSampler, PatchDataset, Source
 from wsi_infer.training.evaluate import evaluate, model_predictor
@@ -160,13 +161,22 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _output_conv(module: torch.nn.Module) -> torch.nn.Conv2d:
+    """The network's last layer, the 1x1 convolution giving the logits (``.head``)."""
+    conv = submodule(module, "head")
+    if not isinstance(conv, torch.nn.Conv2d):
+        raise TypeError(f"{type(module).__name__}.head is not the 1x1 output convolution")
+    return conv
+
+
 def train(
     train_sources: Sequence[Source],
     val_sources: Sequence[Source],
     model_config: ModelConfig,
     settings: TrainSettings,
 ) -> dict[str, Any]:
-    """Train a :class:`NucleusSegFormer`; returns the best validation summary (and paths)."""
+    """Train a network of ``model_config``'s family (:func:`~wsi_infer.registry.create_model`);
+    returns the best validation summary (and paths)."""
     s = settings
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +189,7 @@ def train(
             model_config,
             train_area_um2=nucleus_area_percentiles(train_sources, model_config.mpp),
         )
-    module = NucleusSegFormer(model_config)
+    module = create_model(model_config)
     if s.encoder_weights and not (s.resume and (out / "state.pt").is_file()):
         load_encoder_weights(module, s.encoder_weights)
     if s.init is not None:
@@ -196,9 +206,10 @@ def train(
         for name, p in module.named_parameters():
             p.requires_grad_(name.startswith("head."))
         # rows 0-1 of the 1x1 head are the foreground and distance outputs: kept as they are
-        head_bias = module.head.bias
+        out_conv = _output_conv(module)
+        head_bias = out_conv.bias
         assert head_bias is not None
-        kept_rows = (module.head.weight[:2].detach().clone(), head_bias[:2].detach().clone())
+        kept_rows = (out_conv.weight[:2].detach().clone(), head_bias[:2].detach().clone())
         for key in ("bce", "tversky", "distance", "distance_gradient", "distance_bce"):
             setattr(s.loss, key, 0.0)
     if s.loss.class_weights is None:
@@ -222,7 +233,7 @@ def train(
         total_steps = min(total_steps, s.max_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    encoder_params = list(module.encoder.parameters())
+    encoder_params = list(submodule(module, "encoder").parameters())
     enc_ids = {id(p) for p in encoder_params}
     head_params = [p for p in module.parameters() if id(p) not in enc_ids]
     optimizer = torch.optim.AdamW(
@@ -367,8 +378,8 @@ def train(
             scaler.update()
             if kept_rows is not None:
                 with torch.no_grad():
-                    module.head.weight[:2] = kept_rows[0]
-                    module.head.bias[:2] = kept_rows[1]  # type: ignore[index]
+                    _output_conv(module).weight[:2] = kept_rows[0]
+                    _output_conv(module).bias[:2] = kept_rows[1]  # type: ignore[index]
             if scheduler is not None:
                 scheduler.step()
             step += 1

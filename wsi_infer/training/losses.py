@@ -72,7 +72,7 @@ def distance_losses(
 
     ``logit``, ``target``, ``foreground``: ``(B, H, W)``.  The BCE with soft targets has
     the same optimum as the MSE but does not saturate, so the peaks (which the engine's
-    watershed markers need above 0.5) are learnt sooner.
+    markers need above 0.5) are learnt sooner.
     """
     logit = logit.float()
     pred = torch.sigmoid(logit)

@@ -52,15 +52,12 @@ IntArray = NDArray[np.integer[Any]]
 
 
 def remap_label(inst: IntArray) -> NDArray[np.int64]:
-    """Ids 1..n, in increasing order of the old ids (PanNuke's ``remap_label``)."""
+    """Ids 1..n, in increasing order of the old ids (PanNuke's ``remap_label``); 0 and
+    negative ids are background."""
+    from skimage.segmentation import relabel_sequential
+
     inst = np.asarray(inst).astype(np.int64)
-    ids = np.unique(inst)
-    ids = ids[ids != 0]
-    if ids.size == 0:
-        return np.zeros(inst.shape, np.int64)
-    lut = np.zeros(int(ids.max()) + 1, np.int64)
-    lut[ids] = np.arange(1, ids.size + 1)
-    out: NDArray[np.int64] = lut[np.where(inst > 0, inst, 0)]
+    out: NDArray[np.int64] = relabel_sequential(np.where(inst > 0, inst, 0))[0]
     return out
 
 
