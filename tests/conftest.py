@@ -1,25 +1,40 @@
-"""Shared fixtures: the project's real data, small models and slides written with tifffile."""
+"""Shared fixtures: the test data (tests/data, the bundled slide and slides written with
+tifffile), the optional shared data folder, a small model and its ONNX exports."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from testdata import CMU_SLIDE, build_data_dir, cmu_region, write_pannuke_fold
+
+if TYPE_CHECKING:
+    from wsi_infer.export import ExportReport
 
 REPO = Path(__file__).resolve().parents[1]
-#: The data shared beside the repository (real slides, bad files, labelled nuclei).
+#: The optional data shared beside the repository (more real slides, the original broken
+#: files, all labelled nuclei): not part of a clone.
 SHARED = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test data every clone has, laid out as the shared folder: ``slides/`` (the bundled
+    CMU slide, the TMA core, a pyramid without mpp), ``edge/`` and ``bad/`` (written with
+    tifffile) and ``nuclei/consep/test`` (64 labelled CoNSeP patches)."""
+    return build_data_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
 def shared() -> Path:
-    """The project's shared data (real slides, broken files, labelled nuclei), which a clone of
-    the repository does not have: tests that need it are skipped, with the reason, without it."""
+    """The project's optional shared data, which a clone of the repository does not have:
+    tests that need what only it holds are skipped, with the reason, without it."""
     if not SHARED.is_dir():
-        pytest.skip(f"shared data not found beside the repository ({SHARED}): real slides needed")
+        pytest.skip("optional shared data absent (shared/data beside the repository)")
     return SHARED
 
 
@@ -28,28 +43,11 @@ PANNUKE_PATCHES = 8
 
 
 @pytest.fixture(scope="session")
-def pannuke_root(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Fold 3 in PanNuke's own layout, written by the shared data's script from CoNSeP test."""
-    import subprocess
-    import sys
-
+def pannuke_root(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fold 3 in PanNuke's own layout, written from the CoNSeP test patches."""
     out = tmp_path_factory.mktemp("pannuke")
-    script = shared / "make_pannuke_fold.py"
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(shared / "nuclei" / "consep" / "test"),
-            str(out),
-            "--fold",
-            "3",
-            "--limit",
-            str(PANNUKE_PATCHES),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    source = data / "nuclei" / "consep" / "test"
+    return write_pannuke_fold(source, out, fold=3, limit=PANNUKE_PATCHES)
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +96,11 @@ def make_slide(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def he_mosaic(shared: Path) -> NDArray[np.uint8]:
+def he_mosaic(data: Path) -> NDArray[np.uint8]:
     """Real H&E at 40x: 16 CoNSeP test patches tiled 4 x 4 (1024 x 1024)."""
     from PIL import Image
 
-    folder = shared / "nuclei" / "consep" / "test" / "images"
+    folder = data / "nuclei" / "consep" / "test" / "images"
     names = sorted(folder.iterdir())[:16]
     rows = []
     for r in range(4):
@@ -112,12 +110,9 @@ def he_mosaic(shared: Path) -> NDArray[np.uint8]:
 
 
 @pytest.fixture(scope="session")
-def cmu_crop(shared: Path, make_slide: Callable[..., Path]) -> Callable[..., Path]:
+def cmu_crop(make_slide: Callable[..., Path]) -> Callable[..., Path]:
     """Crops of the real CMU-1-Small-Region slide, written as tiled TIFFs at 0.25 µm/px."""
-    import openslide
-
-    with openslide.OpenSlide(str(shared / "slides" / "CMU-1-Small-Region.svs")) as osr:
-        region = np.asarray(osr.read_region((700, 1100), 0, (1024, 1024)).convert("RGB"))
+    region = cmu_region(700, 1100, 1024, 1024)
 
     def crop(name: str, size: int = 512, *, flip: bool = False, **kw: object) -> Path:
         image = region[:size, :size]
@@ -126,3 +121,49 @@ def cmu_crop(shared: Path, make_slide: Callable[..., Path]) -> Callable[..., Pat
         return make_slide(name, np.ascontiguousarray(image), mpp=0.25, **kw)
 
     return crop
+
+
+# ---------------------------------------------------------------- ONNX: one export per precision
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wsi-infer cache directory the ONNX tests share (``<cache>/onnx/``)."""
+    return tmp_path_factory.mktemp("wsi-infer-cache")
+
+
+@pytest.fixture(scope="session")
+def he_tiles() -> NDArray[np.uint8]:
+    """Three real H&E tiles of the bundled slide, uint8 RGB (3, 256, 256, 3)."""
+    pytest.importorskip("openslide")
+    from wsi_infer.export.cli import read_slide_tiles
+
+    tiles = read_slide_tiles(CMU_SLIDE, 256, 3)
+    assert tiles.shape == (3, 256, 256, 3) and tiles.dtype == np.uint8
+    assert 60 < tiles.mean() < 240 and tiles.std() > 10  # tissue, not blank glass
+    return tiles
+
+
+def _export_into_cache(
+    model: Path, cache: Path, tiles: NDArray[np.uint8], fp16: bool
+) -> ExportReport:
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(module, reason="the onnx extra is not installed")
+    from wsi_infer.export import export_onnx
+    from wsi_infer.export.onnx_export import cached_onnx_path
+
+    path = cached_onnx_path(model, fp16=fp16, cache_dir=cache)
+    return export_onnx(model, path, fp16=fp16, tiles=tiles)
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(tiny_model: Path, onnx_cache: Path, he_tiles: NDArray[np.uint8]) -> ExportReport:
+    """The tiny model exported once (float32, parity checked on real tiles): its
+    ``ExportReport``.  The file is where the onnxruntime backend looks for it in ``onnx_cache``."""
+    return _export_into_cache(tiny_model, onnx_cache, he_tiles, fp16=False)
+
+
+@pytest.fixture(scope="session")
+def onnx_fp16(tiny_model: Path, onnx_cache: Path, he_tiles: NDArray[np.uint8]) -> ExportReport:
+    """As ``onnx_fp32``, in float16."""
+    return _export_into_cache(tiny_model, onnx_cache, he_tiles, fp16=True)

@@ -11,16 +11,16 @@ import zarr
 from helpers import invoke
 
 
-def test_batch_of_good_and_bad_slides(shared: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_batch_of_good_and_bad_slides(data: Path, tiny_model: Path, tmp_path: Path) -> None:
     slides = [
-        shared / "slides/he-tma-core-0.5mpp.ome.tif",
-        shared / "bad/unreadable.svs",
-        shared / "bad/not-a-tiff.svs",
-        shared / "bad/unopenable.tiff",
-        shared / "edge/small.svs",
-        shared / "edge/boxes.tiff",
+        data / "slides/he-tma-core-0.5mpp.ome.tif",
+        data / "bad/unreadable.svs",
+        data / "bad/not-a-tiff.svs",
+        data / "bad/unopenable.tiff",
+        data / "edge/small.svs",
+        data / "edge/boxes.tiff",
         tmp_path / "missing.svs",
-        shared / "slides/tcga-cr-7395-01a-01-ts1.svs",  # no mpp and none given
+        data / "slides/no-mpp.tif",  # no mpp and none given
     ]
     out = tmp_path / "results"
     log = tmp_path / "events.jsonl"
@@ -49,7 +49,7 @@ def test_batch_of_good_and_bad_slides(shared: Path, tiny_model: Path, tmp_path: 
         "small.svs": "complete",
         "boxes.tiff": "failed",  # 352.8 µm/px from a writer's default 72 dpi: no microscope
         "missing.svs": "failed",
-        "tcga-cr-7395-01a-01-ts1.svs": "failed",
+        "no-mpp.tif": "failed",
     }
     for r in summary:
         store = Path(r["store"])
@@ -80,13 +80,11 @@ def test_batch_of_good_and_bad_slides(shared: Path, tiny_model: Path, tmp_path: 
 
 
 def test_manifest_with_mpp_and_names_then_rerun_skips(
-    shared: Path, tiny_model: Path, tmp_path: Path
+    data: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "slides.csv"
     manifest.write_text(
-        "path,mpp,name\n"
-        f"{shared / 'slides/tcga-cr-7395-01a-01-ts1.svs'},0.5,tcga\n"
-        f"{shared / 'edge/small.svs'},,tiny\n"
+        f"path,mpp,name\n{data / 'slides/no-mpp.tif'},0.5,no-mpp\n{data / 'edge/small.svs'},,tiny\n"
     )
     out = tmp_path / "results"
     args = (
@@ -103,7 +101,7 @@ def test_manifest_with_mpp_and_names_then_rerun_skips(
     )
     code, stdout, _ = invoke(*args)
     assert code == 0, stdout
-    root = zarr.open_group(str(out / "tcga.zarr"), mode="r")
+    root = zarr.open_group(str(out / "no-mpp.zarr"), mode="r")
     assert root.attrs["wsi_infer"]["slide"]["mpp"] == 0.5
     assert root.attrs["wsi_infer"]["slide"]["mpp_source"] == "--mpp"
     assert (out / "tiny.zarr").is_dir()
@@ -127,13 +125,13 @@ def test_bad_manifest_is_one_line_error(tmp_path: Path, text: str, cause: str) -
 
 
 def test_duplicate_output_names_are_refused_before_any_work(
-    shared: Path, tiny_model: Path, tmp_path: Path
+    data: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     a = tmp_path / "a" / "small.svs"
     a.parent.mkdir()
-    a.write_bytes((shared / "edge/small.svs").read_bytes())
+    a.write_bytes((data / "edge/small.svs").read_bytes())
     code, _, stderr = invoke(
-        shared / "edge/small.svs",
+        data / "edge/small.svs",
         a,
         "--out",
         tmp_path / "o",
@@ -146,8 +144,8 @@ def test_duplicate_output_names_are_refused_before_any_work(
     assert not (tmp_path / "o" / "small.zarr").exists()
 
 
-def test_usage_errors(shared: Path, tmp_path: Path) -> None:
-    slide = shared / "edge/small.svs"
+def test_usage_errors(data: Path, tmp_path: Path) -> None:
+    slide = data / "edge/small.svs"
     code, _, err = invoke(slide, slide, "--out", tmp_path / "x.zarr")
     assert code == 2 and "folder" in err
     code, _, err = invoke(

@@ -26,8 +26,8 @@ from wsi_infer.benchmarks.make_slide import (
 
 
 @pytest.fixture(scope="module")
-def bank(shared: Path) -> PatchBank:
-    return load_patch_bank(shared / "nuclei", max_groups=6)
+def bank(data: Path) -> PatchBank:
+    return load_patch_bank(data / "nuclei", max_groups=6)
 
 
 def _tissue_pixels(rgb: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -168,7 +168,7 @@ def _numbers(tree: Any, path: str = "") -> list[tuple[str, float]]:
 
 
 @pytest.mark.slow
-def test_quick_benchmark(tmp_path: Path, tiny_model: Path, shared: Path) -> None:
+def test_quick_benchmark(tmp_path: Path, tiny_model: Path, data: Path) -> None:
     out = tmp_path / "results"
     code = bench.main(
         [
@@ -184,7 +184,7 @@ def test_quick_benchmark(tmp_path: Path, tiny_model: Path, shared: Path) -> None
             "--slides-dir",
             str(tmp_path / "slides"),
             "--nuclei-dir",
-            str(shared / "nuclei"),
+            str(data / "nuclei"),
             "--out-dir",
             str(out),
             "--name",

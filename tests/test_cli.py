@@ -29,30 +29,30 @@ def test_version_and_help() -> None:
         ("bad/not-a-tiff.svs", "not a slide"),
         ("bad/missing.svs", "no such file"),
         ("bad", "directory"),
-        ("slides/tcga-cr-7395-01a-01-ts1.svs", "--mpp"),
+        ("slides/no-mpp.tif", "--mpp"),
     ],
 )
 def test_bad_input_one_line_error_no_store(
-    shared: Path, tiny_model: Path, tmp_path: Path, name: str, cause: str
+    data: Path, tiny_model: Path, tmp_path: Path, name: str, cause: str
 ) -> None:
     out = tmp_path / "r.zarr"
     code, _, stderr = invoke(
-        shared / name, "--out", out, "--model", tiny_model, "--backend", "torch", "-q"
+        data / name, "--out", out, "--model", tiny_model, "--backend", "torch", "-q"
     )
     assert code != 0
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and str(shared / name) in lines[0] and cause in lines[0]
+    assert len(lines) == 1 and str(data / name) in lines[0] and cause in lines[0]
     assert "Traceback" not in stderr
     assert not out.exists()
 
 
 def test_existing_output_is_never_silently_overwritten(
-    shared: Path, tiny_model: Path, tmp_path: Path
+    data: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "r.zarr"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    slide = shared / "edge/small.svs"
+    slide = data / "edge/small.svs"
     code, _, stderr = invoke(
         slide, "--out", out, "--model", tiny_model, "--backend", "torch", "--mpp", "1", "-q"
     )
@@ -71,9 +71,9 @@ def test_existing_output_is_never_silently_overwritten(
     assert info["status"] == "complete" and info["store_id"] != first
 
 
-def test_mutually_exclusive_tissue_options_are_a_usage_error(shared: Path, tmp_path: Path) -> None:
+def test_mutually_exclusive_tissue_options_are_a_usage_error(data: Path, tmp_path: Path) -> None:
     code, _, stderr = invoke(
-        shared / "edge/small.svs",
+        data / "edge/small.svs",
         "--out",
         tmp_path / "r.zarr",
         "--no-tissue-mask",
@@ -83,14 +83,14 @@ def test_mutually_exclusive_tissue_options_are_a_usage_error(shared: Path, tmp_p
     assert code == 2 and "mutually exclusive" in stderr
 
 
-def test_invalid_tile_geometry_is_a_usage_error(shared: Path, tmp_path: Path) -> None:
+def test_invalid_tile_geometry_is_a_usage_error(data: Path, tmp_path: Path) -> None:
     code, _, stderr = invoke(
-        shared / "edge/small.svs", "--out", tmp_path / "r.zarr", "--tile-size", "100"
+        data / "edge/small.svs", "--out", tmp_path / "r.zarr", "--tile-size", "100"
     )
     assert code == 2 and "multiple of 32" in stderr
 
 
-def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_console_script_runs_a_real_slide(data: Path, tiny_model: Path, tmp_path: Path) -> None:
     """The installed entry point, in its own process, as a user runs it."""
     out = tmp_path / "tma.zarr"
     proc = subprocess.run(
@@ -98,7 +98,7 @@ def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_pa
             sys.executable,
             "-m",
             "wsi_infer",
-            str(shared / "slides/he-tma-core-0.5mpp.ome.tif"),
+            str(data / "slides/he-tma-core-0.5mpp.ome.tif"),
             "--out",
             str(out),
             "--model",
@@ -121,7 +121,7 @@ def test_console_script_runs_a_real_slide(shared: Path, tiny_model: Path, tmp_pa
             sys.executable,
             "-m",
             "wsi_infer",
-            str(shared / "bad/unreadable.svs"),
+            str(data / "bad/unreadable.svs"),
             "--out",
             str(tmp_path / "bad.zarr"),
             "--model",

@@ -110,14 +110,14 @@ def one_line_error(code: int, stderr: str, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def crops(shared: Path, make_slide: Callable[..., Path]) -> list[Path]:
+def crops(data: Path, make_slide: Callable[..., Path]) -> list[Path]:
     """Two real H&E crops at their true resolutions: the CMU sample and the TMA core."""
     import openslide
     import tifffile
 
-    with openslide.OpenSlide(str(shared / "slides" / "CMU-1-Small-Region.svs")) as osr:
+    with openslide.OpenSlide(str(data / "slides" / "CMU-1-Small-Region.svs")) as osr:
         cmu = np.asarray(osr.read_region((700, 1100), 0, (256, 256)).convert("RGB"))
-    tma = tifffile.imread(shared / "slides" / "he-tma-core-0.5mpp.ome.tif")[500:756, 500:756]
+    tma = tifffile.imread(data / "slides" / "he-tma-core-0.5mpp.ome.tif")[500:756, 500:756]
     return [
         make_slide("cloud-cmu.tif", np.ascontiguousarray(cmu), mpp=0.499),
         make_slide("cloud-tma.tif", np.ascontiguousarray(tma), mpp=0.50008),

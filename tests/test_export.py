@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testdata import CMU_SLIDE
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -23,60 +24,31 @@ from wsi_infer.export import (  # noqa: E402
     ExportReport,
     ParityError,
     build_tensorrt_engine,
-    export_onnx,
     read_onnx_contract,
 )
 from wsi_infer.export.cli import main as export_main  # noqa: E402
-from wsi_infer.export.cli import read_slide_tiles  # noqa: E402
 from wsi_infer.export.onnx_export import _parity  # noqa: E402
-from wsi_infer.model import NucleusSegFormer, file_sha256, load_model, save_checkpoint  # noqa: E402
+from wsi_infer.model import NucleusSegFormer, file_sha256, load_model  # noqa: E402
 from wsi_infer.postprocess import logits_to_maps  # noqa: E402
 from wsi_infer.tilemaps import TileMaps  # noqa: E402
 
-CONFIG = ModelConfig(stem_channels=4)
-
-
-def _slide() -> Path:
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
-    for candidate in (
-        shared / "CMU-1-Small-Region.svs",
-        Path(__file__).resolve().parents[1] / "wsi_infer" / "data" / "CMU-1-Small-Region.svs",
-    ):
-        if candidate.is_file():
-            return candidate
-    pytest.skip("CMU-1-Small-Region.svs not found (shared data or bundled)")
+CONFIG = ModelConfig(mpp=1.0, stem_channels=4)  # the tiny model's
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(NucleusSegFormer(CONFIG), tmp_path_factory.mktemp("ckpt"))
+def checkpoint(tiny_model: Path) -> Path:
+    """The tiny model, which the session's ``onnx_fp32`` and ``onnx_fp16`` exported."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def he_tiles() -> np.ndarray:
-    """Three real H&E tiles, uint8 RGB (3, 256, 256, 3)."""
-    pytest.importorskip("openslide")
-    tiles = read_slide_tiles(_slide(), 256, 3)
-    assert tiles.shape == (3, 256, 256, 3) and tiles.dtype == np.uint8
-    assert 60 < tiles.mean() < 240 and tiles.std() > 10  # tissue, not blank glass
-    return tiles
+def fp32(onnx_fp32: ExportReport) -> ExportReport:
+    return onnx_fp32
 
 
 @pytest.fixture(scope="module")
-def fp32(
-    checkpoint: Path, he_tiles: np.ndarray, tmp_path_factory: pytest.TempPathFactory
-) -> ExportReport:
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    return export_onnx(checkpoint, out, tiles=he_tiles)
-
-
-@pytest.fixture(scope="module")
-def fp16(
-    checkpoint: Path, he_tiles: np.ndarray, tmp_path_factory: pytest.TempPathFactory
-) -> ExportReport:
-    out = tmp_path_factory.mktemp("onnx16") / "model-fp16.onnx"
-    return export_onnx(checkpoint, out, fp16=True, tiles=he_tiles)
+def fp16(onnx_fp16: ExportReport) -> ExportReport:
+    return onnx_fp16
 
 
 _MODULES: dict[Path, NucleusSegFormer] = {}
@@ -240,7 +212,7 @@ def test_cli_exports_and_prints_parity(
 ) -> None:
     pytest.importorskip("openslide")
     out = tmp_path / "cli.onnx"
-    args = [str(checkpoint), "--onnx", str(out), "--slide", str(_slide()), "--tiles", "2"]
+    args = [str(checkpoint), "--onnx", str(out), "--slide", str(CMU_SLIDE), "--tiles", "2"]
     if importlib.util.find_spec("tensorrt") is None:
         args += ["--tensorrt", str(tmp_path / "cli.engine")]
     rc = export_main(args)

@@ -40,22 +40,22 @@ def wsi_infer(
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt-middle"])
 def test_damaged_slide_in_a_batch(
-    shared: Path, tiny_model: Path, tmp_path: Path, damage: str
+    data: Path, tiny_model: Path, tmp_path: Path, damage: str
 ) -> None:
     """Cut short (its directory is lost) or garbled halfway (it fails mid-read)."""
     import numpy as np
 
-    data = bytearray((shared / "slides/CMU-1-Small-Region.svs").read_bytes())
-    n = len(data)
+    raw = bytearray((data / "slides/CMU-1-Small-Region.svs").read_bytes())
+    n = len(raw)
     if damage == "truncated":
-        data = data[: n * 6 // 10]
+        raw = raw[: n * 6 // 10]
     else:
         noise = np.random.default_rng(0).integers(0, 256, n // 10, dtype=np.uint8)
-        data[n * 4 // 10 : n * 4 // 10 + n // 10] = noise.tobytes()
+        raw[n * 4 // 10 : n * 4 // 10 + n // 10] = noise.tobytes()
     cut = tmp_path / "cut.svs"
-    cut.write_bytes(bytes(data))
+    cut.write_bytes(bytes(raw))
     good = tmp_path / "good.svs"
-    shutil.copy(shared / "edge/small.svs", good)
+    shutil.copy(data / "edge/small.svs", good)
     out = tmp_path / "results"
     proc = wsi_infer(
         cut,
@@ -82,11 +82,11 @@ def test_damaged_slide_in_a_batch(
         assert zarr.open_group(str(store), mode="r").attrs["wsi_infer"]["status"] == "failed"
 
 
-def test_unreadable_file_permissions(shared: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_unreadable_file_permissions(data: Path, tiny_model: Path, tmp_path: Path) -> None:
     if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is needed to drop root's read-anything capability")
     slide = tmp_path / "locked.svs"
-    shutil.copy(shared / "edge/small.svs", slide)
+    shutil.copy(data / "edge/small.svs", slide)
     slide.chmod(0)
     proc = wsi_infer(
         slide,
@@ -104,10 +104,11 @@ def test_unreadable_file_permissions(shared: Path, tiny_model: Path, tmp_path: P
     assert not (tmp_path / "r.zarr").exists()
 
 
-def test_output_disk_full_then_resume(shared: Path, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # the whole sample slide, twice, in subprocesses
+def test_output_disk_full_then_resume(data: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.zarr"
     args = (
-        shared / "slides/CMU-1-Small-Region.svs",
+        data / "slides/CMU-1-Small-Region.svs",
         "--out",
         out,
         "--model",

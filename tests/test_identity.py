@@ -234,11 +234,11 @@ def write_plain_tiff(path: Path, image: NDArray[np.uint8]) -> Path:
 
 
 def test_a_slide_replaced_by_one_of_equal_size_and_head_is_noticed(
-    shared: Path, tiny_model: Path, tmp_path: Path
+    data: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     from PIL import Image
 
-    folder = shared / "nuclei" / "consep" / "test" / "images"
+    folder = data / "nuclei" / "consep" / "test" / "images"
     patches = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())[:24]]
     rows = [np.concatenate(patches[4 * r : 4 * r + 4], axis=1) for r in range(6)]
     first = np.ascontiguousarray(np.concatenate(rows[:4], axis=0))  # 1024 x 1024

@@ -115,7 +115,7 @@ def test_event_log_that_is_a_folder_or_in_a_missing_one(
 
 
 def test_read_only_outputs(
-    crop: Path, store: Path, shared: Path, tiny_model: Path, tmp_path: Path
+    crop: Path, store: Path, data: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -123,7 +123,7 @@ def test_read_only_outputs(
     os.chmod(locked / "events.jsonl", 0o444)
     os.chmod(locked, 0o555)
     try:
-        two = (crop, shared / "edge" / "small.svs")
+        two = (crop, data / "edge" / "small.svs")
         batch = without_root_powers(*two, "--out", locked, *tiny(tiny_model))
         one_line_error(batch.returncode, batch.stderr, locked, "Permission denied")
         log = without_root_powers(

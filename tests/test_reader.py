@@ -16,21 +16,45 @@ from wsi_infer.errors import (
 )
 from wsi_infer.reader import GridReader, open_slide, resolve_mpp
 
+#: (file, reader, dimensions, mpp) of the test data every clone has
+GEOMETRY = [
+    ("slides/CMU-1-Small-Region.svs", "openslide", (2220, 2967), 0.499),
+    ("slides/he-tma-core-0.5mpp.ome.tif", "tifffile", (1380, 1484), 0.50008),
+    ("slides/no-mpp.tif", "openslide", (1000, 760), None),
+    ("edge/boxes.tiff", "openslide", (300, 250), 352.78),
+    ("edge/small.svs", "openslide", (16, 16), 0.499),
+]
+#: the same of files only the optional shared data holds (the originals of edge/ and bad/)
+SHARED_GEOMETRY = [
+    ("slides/tcga-cr-7395-01a-01-ts1.svs", "openslide", (4443, 3567), None),
+    ("edge/boxes.tiff", "openslide", (300, 250), 352.78),
+    ("edge/small.svs", "openslide", (16, 16), 0.499),
+]
+BAD = [
+    ("bad/unreadable.svs", SlideReadError, "Bogus marker"),
+    ("bad/unopenable.tiff", SlideReadError, "52479"),
+    ("bad/not-a-tiff.svs", UnsupportedSlideError, "not a slide"),
+    ("bad/no-such-file.svs", SlideNotFoundError, "no such file"),
+    ("bad", SlideNotFoundError, "directory"),
+]
 
-@pytest.mark.parametrize(
-    ("name", "reader", "dims", "mpp"),
-    [
-        ("slides/CMU-1-Small-Region.svs", "openslide", (2220, 2967), 0.499),
-        ("slides/he-tma-core-0.5mpp.ome.tif", "tifffile", (1380, 1484), 0.50008),
-        ("slides/tcga-cr-7395-01a-01-ts1.svs", "openslide", (4443, 3567), None),
-        ("edge/boxes.tiff", "openslide", (300, 250), 352.78),
-        ("edge/small.svs", "openslide", (16, 16), 0.499),
-    ],
-)
+
+@pytest.mark.parametrize(("name", "reader", "dims", "mpp"), GEOMETRY)
 def test_real_slides_open_with_their_geometry(
+    data: Path, name: str, reader: str, dims: tuple[int, int], mpp: float | None
+) -> None:
+    assert_geometry(data / name, reader, dims, mpp)
+
+
+@pytest.mark.parametrize(("name", "reader", "dims", "mpp"), SHARED_GEOMETRY)
+def test_shared_slides_open_with_their_geometry(
     shared: Path, name: str, reader: str, dims: tuple[int, int], mpp: float | None
 ) -> None:
-    with open_slide(shared / name) as slide:
+    assert_geometry(shared / name, reader, dims, mpp)
+
+
+def assert_geometry(path: Path, reader: str, dims: tuple[int, int], mpp: float | None) -> None:
+    with open_slide(path) as slide:
         assert slide.backend == reader
         assert slide.dimensions == dims
         if mpp is None:
@@ -41,40 +65,34 @@ def test_real_slides_open_with_their_geometry(
         assert region.shape == (48, 64, 3) and region.dtype == np.uint8
 
 
-def test_missing_mpp_says_to_pass_mpp(shared: Path) -> None:
-    with open_slide(shared / "slides/tcga-cr-7395-01a-01-ts1.svs") as slide:
+@pytest.mark.parametrize("name", ["no-mpp.tif", "tcga-cr-7395-01a-01-ts1.svs"])
+def test_missing_mpp_says_to_pass_mpp(request: pytest.FixtureRequest, name: str) -> None:
+    folder = request.getfixturevalue("data" if name == "no-mpp.tif" else "shared")
+    with open_slide(folder / "slides" / name) as slide:
         with pytest.raises(MissingMppError, match="--mpp"):
             resolve_mpp(slide, None)
         assert resolve_mpp(slide, 0.5) == 0.5
 
 
-def test_mpp_override_wins_over_metadata(shared: Path) -> None:
-    with open_slide(shared / "slides/CMU-1-Small-Region.svs") as slide:
+def test_mpp_override_wins_over_metadata(data: Path) -> None:
+    with open_slide(data / "slides/CMU-1-Small-Region.svs") as slide:
         assert resolve_mpp(slide, 0.25) == 0.25
 
 
-@pytest.mark.parametrize(
-    ("name", "error", "cause"),
-    [
-        ("bad/unreadable.svs", SlideReadError, "Bogus marker"),
-        ("bad/unopenable.tiff", SlideReadError, "52479"),
-        ("bad/not-a-tiff.svs", UnsupportedSlideError, "not a slide"),
-        ("bad/no-such-file.svs", SlideNotFoundError, "no such file"),
-        ("bad", SlideNotFoundError, "directory"),
-    ],
-)
+@pytest.mark.parametrize("folder", ["data", "shared"])
+@pytest.mark.parametrize(("name", "error", "cause"), BAD)
 def test_bad_inputs_raise_one_line_errors_naming_the_file(
-    shared: Path, name: str, error: type[WsiInferError], cause: str
+    request: pytest.FixtureRequest, folder: str, name: str, error: type[WsiInferError], cause: str
 ) -> None:
-    path = shared / name
+    path = request.getfixturevalue(folder) / name
     with pytest.raises(error) as info, open_slide(path) as slide:
         slide.read_region(0, 0, 0, 16, 16)
     message = str(info.value)
     assert str(path) in message and cause in message and "\n" not in message
 
 
-def test_grid_reader_resamples_to_the_model_grid(shared: Path) -> None:
-    with open_slide(shared / "slides/CMU-1-Small-Region.svs") as slide:
+def test_grid_reader_resamples_to_the_model_grid(data: Path) -> None:
+    with open_slide(data / "slides/CMU-1-Small-Region.svs") as slide:
         half = GridReader(slide, 0.5)  # 0.25 mpp grid on a 0.5 mpp slide: twice the pixels
         assert (half.width, half.height) == (4440, 5934)
         same = GridReader(slide, 1.0)
@@ -85,25 +103,31 @@ def test_grid_reader_resamples_to_the_model_grid(shared: Path) -> None:
         assert abs(a.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3)) - b).mean() < 8
 
 
-def test_pyramid_level_chosen_for_coarse_grids(shared: Path) -> None:
-    with open_slide(shared / "slides/tcga-cr-7395-01a-01-ts1.svs") as slide:
-        g = GridReader(slide, 2.0005055500659967)
+@pytest.mark.parametrize(
+    ("folder", "name", "downsample"),
+    [("data", "no-mpp.tif", 2.0), ("shared", "tcga-cr-7395-01a-01-ts1.svs", 2.0005055500659967)],
+)
+def test_pyramid_level_chosen_for_coarse_grids(
+    request: pytest.FixtureRequest, folder: str, name: str, downsample: float
+) -> None:
+    with open_slide(request.getfixturevalue(folder) / "slides" / name) as slide:
+        g = GridReader(slide, downsample)
         assert g.level == 1 and g.exact
         g = GridReader(slide, 4.0)
         assert g.level == 1 and g.factor == pytest.approx(2.0, rel=1e-3)
 
 
-def test_outside_the_slide_is_white(shared: Path) -> None:
-    with open_slide(shared / "edge/small.svs") as slide:
+def test_outside_the_slide_is_white(data: Path) -> None:
+    with open_slide(data / "edge/small.svs") as slide:
         region = slide.read_region(-8, -8, 0, 32, 32)
         assert (region[:8] == 255).all() and (region[:, 24:] == 255).all()
-    with open_slide(shared / "slides/he-tma-core-0.5mpp.ome.tif") as slide:
+    with open_slide(data / "slides/he-tma-core-0.5mpp.ome.tif") as slide:
         region = slide.read_region(1370, 1470, 0, 32, 32)
         assert (region[20:, :] == 255).all() and not (region[:10, :10] == 255).all()
 
 
-def test_implausible_metadata_resolution_asks_for_mpp(shared: Path) -> None:
-    with open_slide(shared / "edge/boxes.tiff") as slide:  # 72 dpi: 352.8 µm/px
+def test_implausible_metadata_resolution_asks_for_mpp(data: Path) -> None:
+    with open_slide(data / "edge/boxes.tiff") as slide:  # 72 dpi: 352.8 µm/px
         with pytest.raises(MissingMppError, match="--mpp"):
             resolve_mpp(slide, None)
         assert resolve_mpp(slide, 0.5) == 0.5

@@ -116,23 +116,23 @@ def test_torch_recipe_is_complete_and_rebuilds_the_same_backend(tiny_model: Path
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime extra absent")
 def test_onnxruntime_recipe_keeps_precision_cache_and_threads(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, onnx_cache: Path, onnx_fp16: object
 ) -> None:
     """What the client built (fp16 export in its cache dir, one thread) is what a worker
     builds: before, the worker's copy fell back to fp32, the default cache and all cores."""
     from wsi_infer.backends import create_backend
 
     client = create_backend(
-        "onnxruntime", tiny_model, threads=1, cache_dir=tmp_path, precision="fp16"
+        "onnxruntime", tiny_model, threads=1, cache_dir=onnx_cache, precision="fp16"
     )
     recipe = BackendRecipe.of(client)
-    assert (recipe.precision, recipe.threads, recipe.cache_dir) == ("fp16", 1, str(tmp_path))
+    assert (recipe.precision, recipe.threads, recipe.cache_dir) == ("fp16", 1, str(onnx_cache))
     _process_backend.cache_clear()
     worker, _ = _process_backend(pickle.loads(pickle.dumps(recipe)))
     assert worker is not client
     assert worker.precision == client.precision == "fp16"  # type: ignore[attr-defined]
     assert worker.onnx_path == client.onnx_path  # type: ignore[attr-defined]
-    assert worker.onnx_path.parent == tmp_path / "onnx"  # type: ignore[attr-defined]
+    assert worker.onnx_path.parent == onnx_cache / "onnx"  # type: ignore[attr-defined]
     options = worker._session.get_session_options()  # type: ignore[attr-defined]
     assert options.intra_op_num_threads == 1
     # its idle threads leave the cores to reading and segmentation
@@ -141,7 +141,7 @@ def test_onnxruntime_recipe_keeps_precision_cache_and_threads(
 
 @pytest.mark.skipif(not HAS_ORT, reason="needs onnxruntime, onnx and onnxscript")
 def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, onnx_cache: Path, onnx_fp32: object
 ) -> None:
     """The run's threads each get their share of the cores and call the model side by side;
     the maps are those of one call at a time on all cores."""
@@ -151,7 +151,7 @@ def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
     from wsi_infer.predict import model_slots
 
     params = RunParams(tile_size=256, overlap=32, batch_size=2, threads=2)
-    recipe = BackendRecipe.for_run("onnxruntime", tiny_model, params, cache_dir=tmp_path)
+    recipe = BackendRecipe.for_run("onnxruntime", tiny_model, params, cache_dir=onnx_cache)
     assert recipe.threads == max(1, cpu_cores() // 2)
     shared = recipe.build()
     assert shared.concurrency == cpu_cores() // recipe.threads
@@ -160,7 +160,7 @@ def test_onnxruntime_on_the_cpu_shares_the_cores_between_concurrent_calls(
     # torch has one intra-op pool per process: one call at a time, its threads untouched
     assert BackendRecipe.for_run("torch", tiny_model, params).threads is None
     alone = BackendRecipe.for_run(
-        "onnxruntime", tiny_model, params, threads=cpu_cores(), cache_dir=tmp_path
+        "onnxruntime", tiny_model, params, threads=cpu_cores(), cache_dir=onnx_cache
     )
     single = alone.build()
     assert single.concurrency == 1

@@ -20,11 +20,11 @@ from wsi_infer.training.data import (
 )
 
 
-def test_pannuke_fold_matches_the_source_labels(pannuke_root: Path, shared: Path) -> None:
+def test_pannuke_fold_matches_the_source_labels(pannuke_root: Path, data: Path) -> None:
     fold = PanNukeFold(pannuke_root, 3)
     assert len(fold) == PANNUKE_PATCHES
     assert isinstance(fold.images, np.memmap) and isinstance(fold.masks, np.memmap)
-    ref = FolderSource(shared / "nuclei" / "consep" / "test")
+    ref = FolderSource(data / "nuclei" / "consep" / "test")
     for k in (0, 5):
         s, r = fold[k], ref[k]
         assert s.image.dtype == np.uint8 and s.image.shape == (256, 256, 3)

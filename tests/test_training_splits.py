@@ -66,15 +66,24 @@ def test_missing_per_image_array_is_named(tmp_path: Path) -> None:
         FolderSource(tmp_path)
 
 
-def test_validation_split_keeps_source_images_whole(shared: Path) -> None:
-    src = FolderSource(shared / "nuclei" / "consep" / "train")
-    train, val = split_by_group(src, 0.12, seed=0)
+@pytest.mark.parametrize(
+    ("folder", "split", "fraction", "images"),
+    [
+        ("shared", "train", 0.12, 3),  # 3 of 27 images
+        ("data", "test", 0.5, 2),  # 2 of the 4 images in the repository
+    ],
+)
+def test_validation_split_keeps_source_images_whole(
+    request: pytest.FixtureRequest, folder: str, split: str, fraction: float, images: int
+) -> None:
+    src = FolderSource(request.getfixturevalue(folder) / "nuclei" / "consep" / split)
+    train, val = split_by_group(src, fraction, seed=0)
     assert sorted(train.indices + val.indices) == list(range(len(src)))
     train_groups = {group_of(src.names[i]) for i in train.indices}
     val_groups = {group_of(src.names[i]) for i in val.indices}
     assert not train_groups & val_groups
-    assert len(val_groups) == 3 and len(val) == 48  # 3 of 27 images, 16 patches each
-    again = split_by_group(src, 0.12, seed=0)[1]
+    assert len(val_groups) == images and len(val) == 16 * images  # 16 patches an image
+    again = split_by_group(src, fraction, seed=0)[1]
     assert again.indices == val.indices
     assert group_of("tnbc_s01_02") == "tnbc_s01" and group_of("TCGA-21-5784-01Z-00-DX1") == (
         "TCGA-21-5784-01Z-00-DX1"

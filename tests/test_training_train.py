@@ -109,8 +109,8 @@ def test_train_resume_and_evaluate_end_to_end(
     assert json.loads(capsys.readouterr().out)["scores"]["n_images"] == 2
 
 
-def test_baseline_finds_nuclei_on_real_patches(shared: Path, tmp_path: Path) -> None:
-    src = FolderSource(shared / "nuclei" / "consep" / "test")
+def test_baseline_finds_nuclei_on_real_patches(data: Path, tmp_path: Path) -> None:
+    src = FolderSource(data / "nuclei" / "consep" / "test")
     pqs = []
     for k in range(3):
         s = src[k]
@@ -126,7 +126,7 @@ def test_baseline_finds_nuclei_on_real_patches(shared: Path, tmp_path: Path) -> 
             [
                 "--baseline",
                 "--data",
-                str(shared / "nuclei" / "consep" / "test"),
+                str(data / "nuclei" / "consep" / "test"),
                 "--limit",
                 "3",
                 "--out",

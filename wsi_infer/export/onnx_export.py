@@ -53,6 +53,7 @@ __all__ = [
     "OnnxContract",
     "ParityError",
     "cached_onnx",
+    "cached_onnx_path",
     "check_tiles",
     "convert_to_fp16",
     "export_onnx",
@@ -524,6 +525,27 @@ def read_onnx_contract(path_or_metadata: str | Path | dict[str, str]) -> OnnxCon
     )
 
 
+def cached_onnx_path(
+    model: str | Path,
+    *,
+    fp16: bool = False,
+    cache_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Where :func:`cached_onnx` keeps (or will keep) the export of checkpoint ``model``."""
+    import hashlib
+
+    from wsi_infer.model import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(model)
+    weights_sha = file_sha256(ckpt / WEIGHTS_FILE)
+    config = ModelConfig.from_json(ckpt / CONFIG_FILE)
+    config_sha = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    precision = "fp16" if fp16 else "fp32"
+    name = f"{weights_sha[:20]}-{config_sha[:8]}-{precision}-opset{opset}-v{FORMAT_VERSION}.onnx"
+    return resolve_cache_dir(cache_dir, "onnx") / name
+
+
 def cached_onnx(
     model: str | Path,
     *,
@@ -536,17 +558,10 @@ def cached_onnx(
     The file is keyed by the checkpoint's weights sha256, its config and the
     precision, so an edited config.json or new weights give a new export.
     """
-    import hashlib
-
-    from wsi_infer.model import CONFIG_FILE, WEIGHTS_FILE, resolve_checkpoint
+    from wsi_infer.model import resolve_checkpoint
 
     ckpt = resolve_checkpoint(model)
-    weights_sha = file_sha256(ckpt / WEIGHTS_FILE)
-    config = ModelConfig.from_json(ckpt / CONFIG_FILE)
-    config_sha = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-    precision = "fp16" if fp16 else "fp32"
-    name = f"{weights_sha[:20]}-{config_sha[:8]}-{precision}-opset{opset}-v{FORMAT_VERSION}.onnx"
-    path = resolve_cache_dir(cache_dir, "onnx") / name
+    path = cached_onnx_path(ckpt, fp16=fp16, cache_dir=cache_dir, opset=opset)
     if path.is_file():
         logger.info("using cached ONNX export %s", path)
         return path
