@@ -45,7 +45,7 @@ def test_resumed_predict_bar_starts_at_the_tiles_done(
     image = rng.integers(150, 256, (768, 768, 3), dtype=np.uint8)
     slide = make_slide("progress.tif", image, mpp=1.0)
     out = tmp_path / "r.zarr"
-    params = RunParams(tile_size=256, batch_size=1, workers=1, tissue=TissueParams(enabled=False))
+    params = RunParams(tile_size=256, batch_size=1, threads=1, tissue=TissueParams(enabled=False))
     bars: list[_Bar] = []
 
     def progress(total: int, desc: str, initial: int = 0) -> Any:
