@@ -42,6 +42,7 @@ from wsi_infer.config import (
     resolve_checkpoint,
 )
 from wsi_infer.errors import CheckpointError
+from wsi_infer.files import atomic_write
 from wsi_infer.heads import NucleusHead
 from wsi_infer.registry import create_model, module_config, register_model
 
@@ -259,10 +260,10 @@ def save_checkpoint(
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in module.state_dict().items()
     }
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata=metadata or {})
-    tmp.chmod(0o644)  # a model is meant to be read by others (the writer's default is 0600)
-    tmp.replace(out / WEIGHTS_FILE)
     config = module_config(module)  # checked: a state dict alone has no contract
-    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with atomic_write(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata=metadata or {})
+        tmp.chmod(0o644)  # a model is meant to be read by others (the writer's default is 0600)
+    with atomic_write(out / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return out
