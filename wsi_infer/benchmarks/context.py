@@ -147,7 +147,7 @@ def study(
 ) -> list[dict[str, Any]]:
     from wsi_infer.compare import compare_labels
     from wsi_infer.postprocess import PostprocessParams, instance_types, segment
-    from wsi_infer.training.metrics import ScoreBoard, score_image
+    from wsi_infer.training.metrics import ScoreBoard
 
     results = []
     for d in designs:
@@ -176,16 +176,7 @@ def study(
                 inst = segment(maps, post)
                 types, _ = instance_types(inst, maps)
                 cls = np.concatenate([[0], types]).astype(np.uint8)[inst]
-                typed = bool(((sample.types > 0) & (sample.types < 255)).any())
-                board.add(
-                    score_image(
-                        sample.inst,
-                        sample.types if typed else None,
-                        inst,
-                        cls,
-                        tissue=sample.tissue,
-                    )
-                )
+                board.add_prediction(sample.inst, sample.types, inst, cls, sample.tissue)
         summary = board.summary()
         row["val"] = {k: summary[k] for k in ("bPQ", "mPQ", "AJI", "F1_iou")}
         results.append(row)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from wsi_infer.config import ModelConfig
 from wsi_infer.postprocess import PostprocessParams, instance_types, logits_to_maps, segment
 from wsi_infer.training.data import Sample, Source, normalise_image
-from wsi_infer.training.metrics import ScoreBoard, score_image
+from wsi_infer.training.metrics import ScoreBoard
 
 __all__ = [
     "Prediction",
@@ -123,19 +123,7 @@ def evaluate(
                     if not batch:
                         break
                 for sample, (inst, types) in zip(batch, predictor(batch), strict=True):
-                    typed = bool(((sample.types > 0) & (sample.types < 255)).any()) or not bool(
-                        (sample.types == 255).any()
-                    )
-                    board.add(
-                        score_image(
-                            sample.inst,
-                            sample.types if typed else None,
-                            inst,
-                            types,
-                            tissue=sample.tissue,
-                            n_classes=len(board.class_names),
-                        )
-                    )
+                    board.add_prediction(sample.inst, sample.types, inst, types, sample.tissue)
                 n += len(batch)
                 bar.update(len(batch))
     return board.summary()

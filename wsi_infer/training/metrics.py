@@ -304,6 +304,31 @@ class ScoreBoard:
     class_names: Sequence[str] = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
     images: list[ImageScores] = field(default_factory=list)
 
+    def add_prediction(
+        self,
+        true_inst: IntArray,
+        true_types: IntArray,
+        pred_inst: IntArray,
+        pred_types: IntArray | None,
+        tissue: str = "unknown",
+    ) -> None:
+        """Score one patch and add it.  Its classes count when the ground truth is typed:
+        some nucleus has a class, or none is marked unknown (255), so a typed patch without
+        nuclei still counts the classes predicted on it."""
+        typed = bool(((true_types > 0) & (true_types < 255)).any()) or not bool(
+            (true_types == 255).any()
+        )
+        self.add(
+            score_image(
+                true_inst,
+                true_types if typed else None,
+                pred_inst,
+                pred_types,
+                tissue=tissue,
+                n_classes=len(self.class_names),
+            )
+        )
+
     def add(self, scores: ImageScores) -> None:
         self.images.append(scores)
 

@@ -27,7 +27,7 @@ from wsi_infer.config import ModelConfig
 from wsi_infer.postprocess import PostprocessParams
 from wsi_infer.training.data import Sample, Source
 from wsi_infer.training.evaluate import maps_to_prediction, predict_maps
-from wsi_infer.training.metrics import ScoreBoard, score_image
+from wsi_infer.training.metrics import ScoreBoard
 
 __all__ = ["SEARCH_SPACE", "apply_postprocess", "nucleus_area_percentiles", "tune_postprocess"]
 
@@ -55,17 +55,7 @@ def _score(
     board = ScoreBoard()
     for sample, maps in items:
         inst, types = maps_to_prediction(maps, params)
-        typed = bool(((sample.types > 0) & (sample.types < 255)).any())
-        board.add(
-            score_image(
-                sample.inst,
-                sample.types if typed else None,
-                inst,
-                types,
-                tissue=sample.tissue,
-                n_classes=len(board.class_names),
-            )
-        )
+        board.add_prediction(sample.inst, sample.types, inst, types, sample.tissue)
     return board.summary()
 
 
