@@ -20,7 +20,7 @@
 # (tiles per model call; 64), WSI_GPU_CHECK_THREADS (reading and segmentation threads;
 # cores - 2), WSI_GPU_CHECK_SITE (where wheels are installed; /tmp/site).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(cd "$(dirname "$0")" && pwd -P)/../.."  # the repository root, also when called through benchmarks/
 ROOT="$PWD"
 
 DRY="${WSI_GPU_CHECK_DRY_RUN:-0}"

@@ -216,6 +216,13 @@ _TIME_UNITS = "MINUTES (a number; or with a unit: 216m, 3.6h, 90s)"
 @threads_option(help="torch / OpenCV CPU threads")
 @click.option("--workers", type=int, default=0, show_default=True, help="data loader processes")
 @click.option("--resume", is_flag=True, help="continue the run in --out")
+@click.option(
+    "--tune/--no-tune",
+    default=True,
+    show_default=True,
+    help="tune the best checkpoint's post-processing on the validation data at the end "
+    "(--no-tune: later, with wsi-infer-tune)",
+)
 @click.option("--quiet", is_flag=True, help="no progress bars, warnings only")
 def train_command(**options: Any) -> int:
     """Train the nucleus model on PanNuke folds and/or images/+labels.npz folders."""
@@ -326,6 +333,7 @@ def train_command(**options: Any) -> int:
         workers=args.workers,
         loss=LossWeights(tversky_alpha=args.tversky_alpha, tversky_beta=args.tversky_beta),
         progress=not args.quiet and sys.stderr.isatty(),
+        tune=args.tune,
     )
     try:
         result = train(train_sources, val_sources, config, settings)

@@ -444,7 +444,8 @@ def train(
         records.append(jsonable(record))
         with metrics_file.open("a") as fh:
             fh.write(json.dumps(records[-1]) + "\n")
-        plot_curves(records, out / "curves.png")
+        if "val" in record or last_epoch or out_of_time:
+            plot_curves(records, out / "curves.png")
         if out_of_time:
             logger.warning(
                 "time limit of %.0f s reached after epoch %d: stopping", s.time_limit, epoch
