@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(cd "$(dirname "$0")" && pwd -P)/../.."  # the repository root, also when called through benchmarks/
 PY_VERSION="${WSI_WHEEL_PYTHON:-3.12}"
 DEST=.whl
-# Packages the engine, its tests and the benchmark import that the device image lacks, with
+# Packages the engine, its tests, the benchmark and training (albumentations) import that the device image lacks, with
 # the small ones dask and zarr pin closely.  pandas, pytest and its plugins are in the image
 # and stay out: the whole call carries 64 MiB, training data included (training/gpu_train.sh).
 PACKAGES=(
@@ -20,6 +20,8 @@ PACKAGES=(
   dask distributed cloudpickle fsspec partd locket toolz msgpack psutil sortedcontainers
   tblib tornado zict jinja2 markupsafe click tqdm pyyaml
   openslide-python openslide-bin
+  albumentations albucore simsimd stringzilla pydantic pydantic-core annotated-types
+  typing-inspection
 )
 mkdir -p "$DEST"
 pins=()

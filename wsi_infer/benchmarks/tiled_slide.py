@@ -31,11 +31,13 @@ TILE = 256
 
 
 def _sample_rgb(path: Path) -> NDArray[np.uint8]:
-    import tifffile
+    """Level 0 of the sample, read with OpenSlide as the engine reads slides (its JPEG tiles
+    need no imagecodecs)."""
+    import openslide
 
-    with tifffile.TiffFile(path) as tif:
-        rgb = tif.pages[0].asarray()
-    return np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8)
+    with openslide.OpenSlide(str(path)) as slide:
+        rgba = slide.read_region((0, 0), 0, slide.dimensions)
+    return np.ascontiguousarray(np.asarray(rgba)[..., :3], dtype=np.uint8)
 
 
 def _mirrored(src: NDArray[np.uint8], y0: int, rows: int, width: int) -> NDArray[np.uint8]:

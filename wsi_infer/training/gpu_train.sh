@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on a GPU machine in one call: several runs side by side on one GPU, results packed
-# into $OUT.  The device image has torch (CUDA), transformers and safetensors; the training
-# data travels with the call (64 MiB in all), packed here first:
+# into $OUT.  The device image has torch (CUDA), transformers and safetensors; the wheels of
+# benchmarks/gpu_wheels.sh add the rest (albumentations); the training data travels with the call (64 MiB in all), packed here first:
 #
 #   python -m wsi_infer.training.travel DATA/nuclei/consep/train DATA/nuclei/monuseg/train \
 #       DATA/nuclei/tnbc DATA/nuclei/cpm15 --out .gpu-data        # .gpu-data is git-ignored
@@ -47,6 +47,15 @@ done
 if (( ${#data_args[@]} == 0 )); then
   log "no training folders under $DATA (see the header of this script)"
   exit 2
+fi
+# Wheels (benchmarks/gpu_wheels.sh): the image lacks albumentations and its kin.
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if (( ${#wheels[@]} )) && [[ "${WSI_TRAIN_DRY_RUN:-0}" != 1 ]]; then
+  SITE="${WSI_TRAIN_SITE:-/tmp/site}"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" \
+    "${wheels[@]}"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # Loader processes hand batches over through /dev/shm (about 2 x 45 MB in flight each at
 # batch 32): where a container keeps it small, use fewer of them rather than crash.
