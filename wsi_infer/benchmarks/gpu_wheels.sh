@@ -12,14 +12,15 @@ set -euo pipefail
 cd "$(cd "$(dirname "$0")" && pwd -P)/../.."  # the repository root, also when called through benchmarks/
 PY_VERSION="${WSI_WHEEL_PYTHON:-3.12}"
 DEST=.whl
-# Packages the engine, its tests, the benchmark and training (albumentations) import that the device image lacks, with
-# the small ones dask and zarr pin closely.  pandas, pytest and its plugins are in the image
-# and stay out: the whole call carries 64 MiB, training data included (training/gpu_train.sh).
+# What the engine, its tests (shapely), the benchmark and training (albumentations) import
+# and the device image lacks, with the small packages dask and zarr pin closely.  pandas,
+# pytest and its plugins are in the image and stay out: a call carries 64 MiB in all, the
+# training data of training/gpu_train.sh included.
 PACKAGES=(
   zarr numcodecs donfig google-crc32c
   dask distributed cloudpickle fsspec partd locket toolz msgpack psutil sortedcontainers
   tblib tornado zict jinja2 markupsafe click tqdm pyyaml
-  openslide-python openslide-bin
+  openslide-python openslide-bin shapely
   albumentations albucore simsimd stringzilla pydantic pydantic-core annotated-types
   typing-inspection
 )
