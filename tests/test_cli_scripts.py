@@ -27,6 +27,7 @@ from wsi_infer.benchmarks import (
 )
 from wsi_infer.export import cli as export_cli
 from wsi_infer.training import cli as training_cli
+from wsi_infer.training import travel
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = (
@@ -35,6 +36,7 @@ DOCUMENTS = (
     "wsi_infer/training/MODEL_CARD.md",
     "wsi_infer/benchmarks/README.md",
     "wsi_infer/benchmarks/gpu_check.sh",
+    "wsi_infer/training/gpu_train.sh",
 )
 MODULES = {
     "bench": bench.bench_command,
@@ -52,10 +54,11 @@ SCRIPTS: dict[str, click.Command] = {
     "wsi-infer-tune": training_cli.tune_command,
     "wsi-infer-bench": bench.bench_command,
     **{f"wsi_infer.benchmarks.{name}": cmd for name, cmd in MODULES.items()},
+    "wsi_infer.training.travel": travel.travel_command,
 }
-#: A command's start: a console script, or ``python[3] -m wsi_infer.benchmarks.NAME``.
+#: A command's start: a console script, or ``python[3] -m wsi_infer.(benchmarks|training).NAME``.
 START = re.compile(
-    r"(?:^|(?<=\s))(?:python3? -m (wsi_infer\.benchmarks\.\w+)|(wsi-infer-(?:export|train|eval|tune|bench)))\b"
+    r"(?:^|(?<=\s))(?:python3? -m (wsi_infer\.(?:benchmarks\.\w+|training\.travel))|(wsi-infer-(?:export|train|eval|tune|bench)))\b"
 )
 PLACEHOLDER = "64"  # an int, a float and a path alike
 

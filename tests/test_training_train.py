@@ -252,3 +252,23 @@ def test_tune_stores_the_engine_tiles_chosen_for_a_model(
         tune_main([str(ckpt), "--tile-size", "250", "--no-search"])
     assert "250" in str(err.value) and "\n" not in str(err.value)
     assert (ckpt / "config.json").read_text() == before
+
+
+def test_no_tune_leaves_the_post_processing_for_later(pannuke_root: Path, tmp_path: Path) -> None:
+    """Training tunes the best checkpoint's post-processing on the validation data at its end
+    (the chosen values land in its config); ``--no-tune`` (a GPU run, tuned later on a CPU)
+    leaves the config's values as the run started with them."""
+    keys = ("foreground_threshold", "marker_threshold", "min_marker_area_um2")
+    keys = (*keys, "min_nucleus_area_um2")
+    base = ["--pannuke", str(pannuke_root), "--train-folds", "3", "--val-fold", "3", *TINY]
+    args = [*base, "--max-steps", "1"]
+    assert train_main([*args, "--out", str(tmp_path / "tuned")]) == 0
+    report = json.loads((tmp_path / "tuned" / "best" / "tune.json").read_text())
+    tuned = load_model(tmp_path / "tuned" / "best").config
+    assert {k: getattr(tuned, k) for k in keys} == pytest.approx(report["after"]["values"])
+
+    assert train_main([*args, "--no-tune", "--out", str(tmp_path / "later")]) == 0
+    best = tmp_path / "later" / "best"
+    assert (best / "model.safetensors").is_file() and not (best / "tune.json").exists()
+    untouched = load_model(best).config
+    assert {k: getattr(untouched, k) for k in keys} == pytest.approx(report["before"]["values"])

@@ -17,7 +17,8 @@
 # Settings (environment): WSI_TRAIN_MINUTES (5.5), WSI_TRAIN_LRS (peak learning rates, one run
 # each; "5e-4 1.5e-3"), WSI_TRAIN_INIT (wsi_infer/models/default), WSI_TRAIN_DATA
 # (.gpu-data), WSI_TRAIN_BATCH (crops of 256 px per step; 32), WSI_TRAIN_WORKERS (data
-# loader processes per run; cores / runs - 1), WSI_TRAIN_VAL_EVERY (epochs; 8).
+# loader processes per run; cores / runs - 1), WSI_TRAIN_VAL_EVERY (epochs; 8),
+# WSI_TRAIN_VERSION (the version written into the checkpoints' config.json; 1).
 set -euo pipefail
 cd "$(cd "$(dirname "$0")" && pwd -P)/../.."  # the repository root, also via training/
 ROOT="$PWD"
@@ -35,6 +36,7 @@ WORKERS="${WSI_TRAIN_WORKERS:-$(( CORES / ${#LRS[@]} > 2 ? CORES / ${#LRS[@]} - 
 BATCH="${WSI_TRAIN_BATCH:-32}"
 VAL_EVERY="${WSI_TRAIN_VAL_EVERY:-8}"
 MINUTES="${WSI_TRAIN_MINUTES:-5.5}"
+VERSION="${WSI_TRAIN_VERSION:-1}"
 EXTRA=()
 if [[ "${WSI_TRAIN_DRY_RUN:-0}" == 1 ]]; then
   EXTRA=(--max-steps 2 --val-limit 2)
@@ -86,7 +88,7 @@ for lr in "${LRS[@]}"; do
   python3 -c "$TRAIN" --init "$INIT" --val-split 0.12 --seed 0 "${data_args[@]}" \
     --lr "$lr" --crop 256 --crop 512 --batch-size "$BATCH" --workers "$WORKERS" --threads 2 \
     --time-budget "$MINUTES" --val-every "$VAL_EVERY" --tversky-alpha 0.5 --tversky-beta 0.5 \
-    --no-tune --out "$WORK/lr$lr" "${EXTRA[@]}" > "$WORK/lr$lr.log" 2>&1 &
+    --model-version "$VERSION" --no-tune --out "$WORK/lr$lr" "${EXTRA[@]}" > "$WORK/lr$lr.log" 2>&1 &
   pids+=($!)
 done
 status=0

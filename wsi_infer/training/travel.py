@@ -67,7 +67,7 @@ def pack_folder(src: Path, out: Path) -> Path:
     "folders",
     nargs=-1,
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def travel_command(folders: tuple[Path, ...], out: Path) -> int:
