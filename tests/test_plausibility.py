@@ -5,9 +5,12 @@ and two at a wrong one) is run once by the command line; the tests read what it 
 warnings in the stores, the summary and the output, ``--strict``, and ``report.html``
 (looked at by headless Chromium when it is installed).
 
-The TCGA slide's file carries no resolution; its nuclei (lymphocytes 6-8 px across) and
-the model say about 1 µm/px: at --mpp 1 the bundled model finds 6x the nuclei it finds at
-0.5, with a training-like median area (see the README's "Plausibility warnings").
+The TCGA slide's file carries no resolution; its nuclei (lymphocytes 6-8 px across) say
+about 1 µm/px.  The wrong resolutions are off by 2x, the usual mistake (a 20x slide taken
+for 40x, or the reverse).  Version 3 of the bundled model does not reveal every wrong
+resolution: the CMU crop at 0.125 (4x) gives blobs of training-like size (median 1.23x), and
+the TCGA crop at 0.5 gives 12 nuclei at 239 per mm², above the 200 that triggers a probe (see
+the README's "Plausibility warnings").
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ RUN_OPTIONS = ("--backend", "torch", "--tile-size", "256", "--batch-size", "2", 
 #: name -> (which slide, crop edge in level-0 px, --mpp or None, expected suggestion or None)
 CASES: dict[str, tuple[str, int, float | None, float | None]] = {
     "cmu": ("cmu", 384, None, None),
-    "cmu-at-0.125": ("cmu", 1024, 0.125, 0.5),
+    "cmu-at-0.25": ("cmu", 1024, 0.25, 0.5),
     "tma": ("tma", 384, None, None),
     "tcga-at-1": ("tcga", 192, 1.0, None),
-    "tcga-at-0.5": ("tcga", 448, 0.5, 1.0),
+    "tcga-at-2": ("tcga", 192, 2.0, 1.0),
 }
 
 
@@ -201,20 +204,20 @@ def test_strict_fails_implausible_results_and_changes_nothing_else(
     batch: Path, tmp_path: Path
 ) -> None:
     manifest = batch.parent / "slides.csv"
-    store = batch / "cmu-at-0.125.zarr"
+    store = batch / "cmu-at-0.25.zarr"
     before = zarr.open_group(str(store), mode="r").attrs["wsi_infer"]["digests"]
     code, _, stderr = invoke("--manifest", manifest, "--out", batch, *RUN_OPTIONS, "--strict", "-q")
     assert code == 3  # some slides failed
     rows = {Path(r["store"]).stem: r for r in json.loads((batch / "summary.json").read_text())}
     assert {k: r["status"] for k, r in rows.items()} == {
         "cmu": "skipped",
-        "cmu-at-0.125": "failed",
+        "cmu-at-0.25": "failed",
         "tma": "skipped",
         "tcga-at-1": "skipped",
-        "tcga-at-0.5": "failed",
+        "tcga-at-2": "failed",
     }
     assert (
-        "--strict" in rows["cmu-at-0.125"]["error"] and "--mpp 0.5" in rows["cmu-at-0.125"]["error"]
+        "--strict" in rows["cmu-at-0.25"]["error"] and "--mpp 0.5" in rows["cmu-at-0.25"]["error"]
     )
     errors = [ln for ln in stderr.splitlines() if ln.startswith("wsi-infer: error:")]
     assert len(errors) == 2
@@ -223,10 +226,10 @@ def test_strict_fails_implausible_results_and_changes_nothing_else(
     code, _, err = invoke("inspect", store)
     assert code == 0
     # a single run: the warning on stderr, exit 0; with --strict one line and exit 1
-    slide = rows["cmu-at-0.125"]["slide"]
-    code, _, err = invoke(slide, "--out", store, "--mpp", "0.125", *RUN_OPTIONS, "-q")
+    slide = rows["cmu-at-0.25"]["slide"]
+    code, _, err = invoke(slide, "--out", store, "--mpp", "0.25", *RUN_OPTIONS, "-q")
     assert code == 0 and err.startswith("wsi-infer: warning:") and "--mpp 0.5" in err
-    code, _, err = invoke(slide, "--out", store, "--mpp", "0.125", *RUN_OPTIONS, "-q", "--strict")
+    code, _, err = invoke(slide, "--out", store, "--mpp", "0.25", *RUN_OPTIONS, "-q", "--strict")
     lines = err.strip().splitlines()
     assert code == 1 and lines[-1].startswith("wsi-infer: error:") and "--strict" in lines[-1]
     # put the summary back as the first run left it, for the other tests
