@@ -258,8 +258,12 @@ def test_no_tune_leaves_the_post_processing_for_later(pannuke_root: Path, tmp_pa
     """Training tunes the best checkpoint's post-processing on the validation data at its end
     (the chosen values land in its config); ``--no-tune`` (a GPU run, tuned later on a CPU)
     leaves the config's values as the run started with them."""
-    keys = ("foreground_threshold", "marker_threshold", "min_marker_area_um2")
-    keys = (*keys, "min_nucleus_area_um2")
+    keys = (
+        "foreground_threshold",
+        "marker_threshold",
+        "min_marker_area_um2",
+        "min_nucleus_area_um2",
+    )
     base = ["--pannuke", str(pannuke_root), "--train-folds", "3", "--val-fold", "3", *TINY]
     args = [*base, "--max-steps", "1"]
     assert train_main([*args, "--out", str(tmp_path / "tuned")]) == 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train on a GPU machine in one call: several runs side by side on one GPU, results packed
 # into $OUT.  The device image has torch (CUDA), transformers and safetensors; the wheels of
-# benchmarks/gpu_wheels.sh add the rest (albumentations); the training data travels with the call (64 MiB in all), packed here first:
+# benchmarks/gpu_wheels.sh add the rest (albumentations); the training data travels with the
+# call (64 MiB in all), packed here first:
 #
 #   python -m wsi_infer.training.travel DATA/nuclei/consep/train DATA/nuclei/monuseg/train \
 #       DATA/nuclei/tnbc DATA/nuclei/cpm15 --out .gpu-data        # .gpu-data is git-ignored

@@ -1,11 +1,11 @@
 """Copy training folders compactly, for a machine the data has to travel to.
 
-A device call carries 64 MiB in all (code, wheels and data).  PNG images are re-encoded as
-JPEG (quality 92, 4:2:0 chroma, as slide scanners store their tiles; about a fifth of the
-size); JPEG images and
-``labels.npz`` are copied unchanged, so names, masks, types and ``mpp`` stay exactly those of
-the source.  Each folder keeps its last two path parts (``consep/train`` stays
-``consep/train``), which name its tissue and its validation split in a checkpoint.
+A device call carries 64 MiB in all (code, wheels and data).  PNG and TIFF images are
+re-encoded as JPEG (quality 92, 4:2:0 chroma, as slide scanners store their tiles; about a
+fifth of the size); JPEG images and ``labels.npz`` are copied unchanged, so names, masks,
+types and ``mpp`` stay exactly those of the source.  A folder keeps its name, and a split
+folder (:attr:`FolderSource.SPLITS <wsi_infer.training.data.FolderSource.SPLITS>`) its
+parent's too (``consep/train`` stays ``consep/train``): that is what names its tissue.
 
     python -m wsi_infer.training.travel DATA/nuclei/consep/train DATA/nuclei/tnbc --out .gpu-data
 """
@@ -30,8 +30,10 @@ JPEG_SUBSAMPLING = 2
 
 
 def _destination(src: Path, out: Path) -> Path:
+    from wsi_infer.training.data import FolderSource
+
     parts = src.resolve().parts
-    if parts[-1].lower() in ("train", "test", "val", "valid", "validation"):
+    if parts[-1].lower() in FolderSource.SPLITS:
         return out / parts[-2] / parts[-1]
     return out / parts[-1]
 
