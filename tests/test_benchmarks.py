@@ -157,6 +157,19 @@ def test_stage_accounting_of_overlapping_stages() -> None:
         {**timings, "segment_busy_s": 2.0, "predict_read_s": 17.0}, 10.0, workers=2
     )
     assert reading["bound"] == "read"
+    # the plausibility checks (which may run the model) are a stage of their own, not writing
+    probed = bench.stage_accounting(
+        {**timings, "segment_busy_s": 2.0, "plausibility_s": 6.0}, 10.0, workers=2
+    )
+    assert probed["busy_s"]["plausibility"] == 6.0 and probed["busy_s"]["write"] == 0.5
+    assert probed["bound"] == "plausibility"
+    # on a cluster of processes the model and reading have every process' threads
+    cluster = bench.stage_accounting(
+        {**timings, "predict_model_s": 9.5, "model_slots": 1}, 10.0, workers=2, processes=2
+    )
+    assert cluster["load"]["model"] == pytest.approx(0.475)
+    assert cluster["load"]["read"] == pytest.approx(0.075)
+    assert cluster["load"]["segment"] == pytest.approx(0.8) and cluster["bound"] == "segment"
 
 
 def _numbers(tree: Any, path: str = "") -> list[tuple[str, float]]:
@@ -165,6 +178,11 @@ def _numbers(tree: Any, path: str = "") -> list[tuple[str, float]]:
     if isinstance(tree, bool) or not isinstance(tree, int | float):
         return []
     return [(path, float(tree))]
+
+
+def acc_slots(timings: dict[str, float]) -> int:
+    """The concurrent model calls of a run: one warm-up call each."""
+    return max(1, int(timings.get("model_slots", 1)))
 
 
 @pytest.mark.slow
@@ -208,6 +226,10 @@ def test_quick_benchmark(tmp_path: Path, tiny_model: Path, data: Path) -> None:
         "stages.read.tiles_per_s",
         "stages.tissue.seconds",
         "stages.model.tiles_per_s",
+        "stages.model.tiles_per_s_before_run",
+        "stages.model.tiles_per_s_after_run",
+        "stages.model.warmup_seconds",
+        "timings.predict_model_cpu_s",
         "stages.model_in_run.busy_in_run",
         "stages.postprocess.mpx_per_s",
         "stages.postprocess.mpx_per_cpu_s",
@@ -233,6 +255,15 @@ def test_quick_benchmark(tmp_path: Path, tiny_model: Path, data: Path) -> None:
         # a thread's CPU time never exceeds the wall time it was measured over
         assert t["predict_read_cpu_s"] <= t["predict_read_s"] * 1.001 + 1e-3
         assert t["segment_cpu_s"] <= t["segment_busy_s"] * 1.001 + 1e-3
+        assert (
+            t["predict_model_cpu_s"] <= (t["predict_model_s"] + t["predict_wait_s"]) * 1.001 + 1e-3
+        )
+        # the model alone, measured before and after the run, pooled: between the two
+        model = run["stages"]["model"]
+        lo, hi = sorted((model["tiles_per_s_before_run"], model["tiles_per_s_after_run"]))
+        assert lo * 0.999 <= model["tiles_per_s"] <= hi * 1.001
+        assert model["warmup_calls"] == acc_slots(t)
+        assert 0 < run["efficiency_cold"] <= run["efficiency"] * 1.000001
         assert acc["bound"] in bench.STAGES
         assert run["stages"]["model"]["output_bytes_per_tile"] == 256 * 256 * 4
         numbers = dict(_numbers({k: v for k, v in run.items() if k in measured}))
@@ -252,3 +283,17 @@ def test_quick_benchmark(tmp_path: Path, tiny_model: Path, data: Path) -> None:
         assert fit["r2"] is None or math.isfinite(fit["r2"])
     table = (out / "quick.txt").read_text()
     assert "model t/s" in table and "R²" in table
+
+
+def test_saved_results_hold_no_path_of_this_machine(tmp_path: Path) -> None:
+    here, home = Path.cwd(), Path.home()
+    result = {
+        "runs": [{"slide": str(here / "wsi_infer/data/s.svs"), "size": 3}],
+        "slide_info": {"path": str(home / ".cache/wsi-infer/x.tif")},
+        "elsewhere": "/srv/slides/a.svs",
+    }
+    out = bench.portable(result)
+    assert out["runs"][0] == {"slide": "wsi_infer/data/s.svs", "size": 3}
+    assert out["slide_info"]["path"] == "~/.cache/wsi-infer/x.tif"
+    assert out["elsewhere"] == "/srv/slides/a.svs"  # outside both: kept as it is
+    assert result["runs"][0]["slide"].startswith(str(here))  # the result itself unchanged

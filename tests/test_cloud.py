@@ -138,6 +138,7 @@ def batch_command(slides: list[Path], out: str | Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.timeout(1200)
 def test_batch_to_s3_killed_and_resumed_equals_a_local_batch(
     crops: list[Path], prefix: str, tmp_path: Path

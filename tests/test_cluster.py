@@ -33,6 +33,7 @@ def slides(he_mosaic: np.ndarray, make_slide: Callable[..., Path]) -> list[Batch
     return [BatchItem(a, "a"), BatchItem(b, "b")]
 
 
+@pytest.mark.ci
 def test_local_cluster_with_a_worker_killed_matches_single_process(
     slides: list[BatchItem], tmp_path: Path
 ) -> None:

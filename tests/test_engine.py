@@ -13,7 +13,8 @@ from testdata import cmu_region
 
 from wsi_infer.backends import create_backend
 from wsi_infer.compare import compare_labels
-from wsi_infer.engine import RunParams, run_slide
+from wsi_infer.engine import RunParams, plan_tiles, run_slide
+from wsi_infer.reader import open_slide
 from wsi_infer.store import TABLE_COLUMNS, read_table
 from wsi_infer.tissue import TissueParams
 
@@ -152,6 +153,24 @@ def test_tissue_mask_skips_glass(tiny, cmu_slide: Path, cmu_store: Path, tmp_pat
     params = RunParams(tile_size=256, tissue=TissueParams(enabled=False))
     summary = run_slide(cmu_slide, out, tiny, params)
     assert 0 < masked_tiles < summary.tiles == 2 * 4  # ceil(383/192) x ceil(599/192)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_planned_tiles_are_the_tiles_a_run_predicts(  # type: ignore[no-untyped-def]
+    tiny, cmu_slide: Path, cmu_store: Path, tmp_path: Path, enabled: bool
+) -> None:
+    params = RunParams(tile_size=256, tissue=TissueParams(enabled=enabled))
+    with open_slide(cmu_slide) as slide:
+        reader, grid, planned = plan_tiles(slide, tiny.config, params)
+    if enabled:
+        root = zarr.open_group(str(cmu_store), mode="r")
+    else:
+        run_slide(cmu_slide, tmp_path / "all.zarr", tiny, params)
+        root = zarr.open_group(str(tmp_path / "all.zarr"), mode="r")
+    assert len(planned) == root.attrs["wsi_infer"]["tiles"]
+    assert (reader.height, reader.width) == tuple(root.attrs["wsi_infer"]["grid_shape"])
+    assert planned == grid.select(np.asarray(root["labels/tissue/0"][:]).astype(bool))
+    assert (len(planned) < 2 * 4) is enabled  # the glass on the region's left is left out
 
 
 @pytest.mark.slow

@@ -105,6 +105,7 @@ def test_unreadable_file_permissions(data: Path, tiny_model: Path, tmp_path: Pat
 
 
 @pytest.mark.slow  # the whole sample slide, twice, in subprocesses
+@pytest.mark.ci
 def test_output_disk_full_then_resume(data: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.zarr"
     args = (

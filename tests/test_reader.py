@@ -126,6 +126,17 @@ def test_outside_the_slide_is_white(data: Path) -> None:
         assert (region[20:, :] == 255).all() and not (region[:10, :10] == 255).all()
 
 
+def test_a_region_across_the_edge_keeps_the_pixels_inside(data: Path) -> None:
+    # opaque regions skip compositing; one across the edge is composited: the same pixels
+    with open_slide(data / "slides/CMU-1-Small-Region.svs") as slide:
+        across = slide.read_region(-16, -24, 0, 64, 64)
+        inside = slide.read_region(0, 0, 0, 48, 40)
+    assert across.dtype == inside.dtype == np.uint8 and across.flags.c_contiguous
+    assert inside.flags.c_contiguous and inside.shape == (40, 48, 3)
+    assert (across[:24] == 255).all() and (across[:, :16] == 255).all()
+    np.testing.assert_array_equal(across[24:, 16:], inside)
+
+
 def test_implausible_metadata_resolution_asks_for_mpp(data: Path) -> None:
     with open_slide(data / "edge/boxes.tiff") as slide:  # 72 dpi: 352.8 µm/px
         with pytest.raises(MissingMppError, match="--mpp"):

@@ -304,6 +304,10 @@ class OnnxRuntimeBackend:
             # Idle inference threads sleep instead of spinning: between and within batches the
             # cores go to reading and segmentation, which run beside the model.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # No memory pattern: with calls from several threads at once it plans (and holds)
+            # buffers per call, which cost the bundled model at 1024 px 2.5 GB of peak memory
+            # and a second slow first call per thread, for no speed once warm.
+            opts.enable_mem_pattern = False
         try:
             session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -138,13 +138,15 @@ class PredictJob:
 class PredictResult:
     """The tiles a predict task did and where its time went, measured by the worker itself:
     wall (``*_s``) and this thread's CPU (``*_cpu_s``) reading and writing, the model's
-    busy time (``model_s``, the backend call) and the wait for the model (``wait_s``)."""
+    busy time (``model_s``, the backend call; ``model_cpu_s`` the CPU seconds of the calling
+    thread in it, the wait included) and the wait for the model (``wait_s``)."""
 
     tiles: list[tuple[int, int]]
     read_s: float = 0.0
     read_cpu_s: float = 0.0
     wait_s: float = 0.0
     model_s: float = 0.0
+    model_cpu_s: float = 0.0
     write_s: float = 0.0
     write_cpu_s: float = 0.0
 
@@ -194,6 +196,7 @@ def predict_tiles(
         read_cpu_s=c1 - c0,
         wait_s=t2 - t1,
         model_s=t3 - t2,
+        model_cpu_s=c3 - c1,
         write_s=time.perf_counter() - t3,
         write_cpu_s=time.thread_time() - c3,
     )

@@ -7,9 +7,10 @@ the same backend, tile selection and slide, measures each stage on its own:
 
 * **read**: read + decode of the engine's tiles through :class:`GridReader` (one thread);
 * **tissue**: tissue detection seconds (the run's ``tissue_s``);
-* **model**: the backend alone on pre-read batches of real tissue tiles (uint8 in,
-  compact maps out, as the engine calls it; same batch size, tile size and device),
-  looped;
+* **model**: the backend alone on pre-read batches of the run's tissue tiles (uint8 in,
+  compact maps out, as the engine calls it; same batch size, tile size, device and
+  concurrent calls), looped for ``--stage-seconds`` just before the run and again just
+  after it, pooled (a machine's speed drifts; both sides of the efficiency then move alike);
 * **model in run**: the model's busy time inside the run, as the predict tasks
   measure it around each backend call: its speed there and the share of the run
   it was busy;
@@ -88,6 +89,7 @@ __all__ = [
     "bench_command",
     "fit_line",
     "main",
+    "portable",
     "run_benchmark",
     "run_child",
     "stage_accounting",
@@ -123,7 +125,7 @@ PACKAGES = (
     "onnxruntime",
 )
 #: Stages a run is made of, for :func:`stage_accounting`.
-STAGES = ("tissue", "read", "model", "maps_write", "segment", "stitch", "write")
+STAGES = ("tissue", "read", "model", "maps_write", "segment", "stitch", "write", "plausibility")
 #: A run whose model is busy this share of the time is bound by the model.
 MODEL_BOUND = 0.9
 
@@ -143,6 +145,9 @@ class RunConfig:
     batch_size: int
     stage_seconds: float
     store: str
+    #: >0: the run on a local dask cluster of this many processes (``workers`` threads
+    #: each, every one with its own model), as ``wsi-infer --processes``; 0: threads here
+    processes: int = 0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -257,7 +262,9 @@ class _CpuSampler:
 # --------------------------------------------------------------------------- the child
 
 
-def stage_accounting(timings: dict[str, float], seconds: float, workers: int) -> dict[str, Any]:
+def stage_accounting(
+    timings: dict[str, float], seconds: float, workers: int, processes: int = 1
+) -> dict[str, Any]:
     """Per-stage busy time of one run, from what its threads measured, and what bounds it.
 
     ``timings``: the run's ``RunSummary.timings``.  Busy seconds per stage (``busy_s``: wall
@@ -265,7 +272,9 @@ def stage_accounting(timings: dict[str, float], seconds: float, workers: int) ->
     the threads measured them; ``share``: busy time over the run's wall time (stages
     overlap, so shares add up to more than 1); ``load``: share over the threads the stage
     has (the model its ``model_slots``, reading and segmentation ``workers``, the others
-    one), the fraction of its capacity the stage used.  The run is bound by the model when
+    one; reading and the model times ``processes`` on a cluster of processes, whose
+    segmentation runs in the client), the fraction of its capacity the stage used.  The run
+    is bound by the model when
     the model's load was at least :data:`MODEL_BOUND`, else by the stage of highest load.
     """
     t = timings.get
@@ -277,14 +286,17 @@ def stage_accounting(timings: dict[str, float], seconds: float, workers: int) ->
         "segment": t("segment_busy_s", 0.0),
         "stitch": t("stitch_paint_s", 0.0),
         "write": t("write_s", 0.0),
+        "plausibility": t("plausibility_s", 0.0),
     }
     cpu = {
+        "model": t("predict_model_cpu_s", math.nan),
         "read": t("predict_read_cpu_s", math.nan),
         "maps_write": t("predict_write_cpu_s", math.nan),
         "segment": t("segment_cpu_s", math.nan),
     }
-    slots = max(1, int(t("model_slots", 1.0)))
-    threads = {"read": workers, "segment": workers, "model": slots}
+    per = max(1, processes)
+    slots = max(1, int(t("model_slots", 1.0))) * per
+    threads = {"read": workers * per, "segment": workers, "model": slots}
     share = {k: v / seconds if seconds > 0 else math.nan for k, v in busy.items()}
     load = {k: share[k] / threads.get(k, 1) for k in busy}
     bound = "model" if load["model"] >= MODEL_BOUND else max(load, key=lambda k: load[k])
@@ -356,7 +368,8 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     """One engine run and the stage measurements on its tiles (in this process)."""
     import zarr
 
-    from wsi_infer.engine import RunParams, run_slide
+    from wsi_infer.cluster import dask_client
+    from wsi_infer.engine import RunParams, plan_tiles, run_slide
     from wsi_infer.predict import model_slots
     from wsi_infer.reader import GridReader, open_slide
     from wsi_infer.recipe import BackendRecipe
@@ -371,27 +384,87 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     t_load = time.perf_counter()
     # the backend exactly as the CLI makes it for these parameters
     backend = BackendRecipe.for_run(cfg.backend, cfg.model, params, device=cfg.device).build()
-    slots = model_slots(backend, params.threads)
+    # the model-only figure is measured with as many concurrent calls as the run makes: with
+    # processes, each process' own (threads of this process stand in for them)
+    slots = model_slots(backend, params.threads) * max(1, cfg.processes)
     load_s = time.perf_counter() - t_load
     torch_threads: int | None = None
     if cfg.backend == "torch":
         import torch
 
         torch_threads = torch.get_num_threads()
+    budget = cfg.stage_seconds
+    t = params.tile_size
+    bs = params.batch_size
 
-    # ---- the run, exactly as the CLI makes it
+    # ---- the tiles the run will predict, planned as the run plans them; a few batches of
+    # them pre-read for the model-only measurement
+    slide = open_slide(cfg.slide)
+    try:
+        plan_reader, plan_grid, planned = plan_tiles(slide, backend.config, params)
+        if not planned:
+            raise RuntimeError(
+                f"{cfg.slide}: the engine finds no tissue tile to measure (a slide under ~1 mm "
+                "loses its tissue to the minimum tissue area: use larger --sizes)"
+            )
+        imgs = [
+            plan_reader.read(x, y, t, t)
+            for y, x in (plan_grid.origin(i, j) for i, j in planned[: max(bs, 8 * bs)])
+        ]
+    finally:
+        slide.close()
+    while len(imgs) < bs:
+        imgs = imgs + imgs
+    batches = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
+    # Warm-up: a backend's first call on each thread costs more (onnxruntime: 1.3x for the
+    # bundled model at 1024 px); a batch of slides pays it once per process, so it is
+    # measured on its own and the run and the model-only figure both start warm.
+    outputs: list[Any] = []
+    t_warm = time.perf_counter()
+    warm_calls, _ = _time_concurrent(
+        lambda k: outputs.append(backend(batches[k % len(batches)])), 0.0, 1, slots
+    )
+    warmup_s = time.perf_counter() - t_warm
+    maps = outputs[0]
+
+    def model_only() -> tuple[int, float, float]:
+        """Batches and seconds of back-to-back calls (as many callers as the engine lets
+        call the model at once), and their CPU seconds."""
+        c = time.process_time()
+        n, sec = _time_concurrent(lambda k: backend(batches[k % len(batches)]), budget, 3, slots)
+        return n, sec, time.process_time() - c
+
+    # The model alone is measured just before the run and just after it, and the two are
+    # pooled: a machine whose speed drifts (a shared VM does, by 10 % within minutes) then
+    # moves both sides of the efficiency alike.
+    before = model_only()
+
+    # ---- the run, exactly as the CLI makes it (a cluster is started before the clock and
+    # its worker processes' CPU and memory counted once they have ended)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    with _CpuSampler() as sampler:
+    rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    gpu = cfg.device.startswith("cuda")
+    with (
+        dask_client(workers=cfg.processes or None, threads=cfg.workers, gpu=gpu) as client,
+        _CpuSampler() as sampler,
+    ):
         t0 = time.perf_counter()
-        summary = run_slide(cfg.slide, cfg.store, backend, params, overwrite=True)
+        summary = run_slide(cfg.slide, cfg.store, backend, params, overwrite=True, client=client)
         t1 = time.perf_counter()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    peak_rss = ru1.ru_maxrss * 1024 if sys.platform != "darwin" else ru1.ru_maxrss
+    rc1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_rss = max(ru1.ru_maxrss, rc1.ru_maxrss if cfg.processes else 0)
+    peak_rss = peak_rss * 1024 if sys.platform != "darwin" else peak_rss
     wall = t1 - t0
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    if cfg.processes:  # the workers' whole life, their start and model load included
+        cpu += (rc1.ru_utime - rc0.ru_utime) + (rc1.ru_stime - rc0.ru_stime)
     cores = os.cpu_count() or 1
     timings = dict(summary.timings)
-    accounting = stage_accounting(timings, summary.seconds, cfg.workers)
+    accounting = stage_accounting(timings, summary.seconds, cfg.workers, cfg.processes)
+
+    after = model_only()
+    n_model, model_s, model_cpu = (a + b for a, b in zip(before, after, strict=True))
 
     # ---- the run's geometry and tiles, from its store
     root = zarr.open_group(cfg.store, mode="r")
@@ -403,11 +476,12 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     tissue_mm2 = float(tissue_mask.sum()) * (tissue_mpp * 1e-3) ** 2
     grid = TileGrid(gh, gw, params.tile_size, params.overlap)
     tiles = grid.select(tissue_mask)
-    if len(tiles) != summary.tiles:
-        logger.warning("tile selection differs: %d here, %d in the run", len(tiles), summary.tiles)
-    t = params.tile_size
+    if tiles != planned or len(tiles) != summary.tiles:
+        raise RuntimeError(
+            f"{cfg.slide}: the run predicted {summary.tiles} tiles, {len(planned)} were "
+            "planned: the model-only measurement would not be on the run's tiles"
+        )
     slide = open_slide(cfg.slide)
-    budget = cfg.stage_seconds
     try:
         reader = GridReader(slide, scale)
         origins = [grid.origin(i, j) for i, j in tiles]
@@ -418,35 +492,16 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
             reader.read(x, y, t, t)
 
         n_read, read_s = _time_loop(read_one, budget, 1, len(origins)) if origins else (0, 0.0)
-
-        # ---- model only: pre-read batches of tissue tiles, looped
-        bs = params.batch_size
-        n_pre = min(len(origins), max(bs, 8 * bs))
-        imgs = [reader.read(x, y, t, t) for y, x in origins[:n_pre]]
     finally:
         slide.close()
-    if not imgs:
-        raise RuntimeError(
-            f"{cfg.slide}: the engine found no tissue tile to measure (a slide under ~1 mm "
-            "loses its tissue to the minimum tissue area: use larger --sizes)"
-        )
-    while len(imgs) < bs:
-        imgs = imgs + imgs
-    batches = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
-    maps = backend(batches[0])  # warm-up
-    c_model = time.process_time()
-    # as many callers as the engine lets call the model at once
-    n_model, model_s = _time_concurrent(
-        lambda k: backend(batches[k % len(batches)]), budget, 3, slots
-    )
-    model_cpu = time.process_time() - c_model
 
     # ---- store write: the run's labels, band by band, into a store like the run's
     write = _measure_store_write(root, params.label_chunk, budget)
 
     tiles_n = summary.tiles
-    grid_mpx = gh * gw / 1e6
     model_tps = _rate(n_model * bs, model_s)
+    first_call_extra = max(0.0, warmup_s - warm_calls * bs / model_tps)
+    grid_mpx = gh * gw / 1e6
     e2e_tps = _rate(tiles_n, summary.seconds)
     predict_tps = _rate(tiles_n, timings.get("predict_s", 0.0))
     stages: dict[str, Any] = {
@@ -460,11 +515,15 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
         "tissue": {"seconds": timings.get("tissue_s", math.nan), "area_mm2": tissue_mm2},
         "model": {
             "tiles_per_s": model_tps,
+            "tiles_per_s_before_run": _rate(before[0] * bs, before[1]),
+            "tiles_per_s_after_run": _rate(after[0] * bs, after[1]),
             "mpx_per_s": _rate(n_model * bs * t * t / 1e6, model_s),
             "batches": n_model,
             "batch_size": bs,
             "seconds": model_s,
             "load_seconds": load_s,
+            "warmup_calls": warm_calls,
+            "warmup_seconds": warmup_s,
             "torch_threads": torch_threads,
             "concurrent_calls": slots,
             "cpu_cores_busy": _rate(model_cpu, model_s),
@@ -492,6 +551,7 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     return {
         "size": cfg.size,
         "workers": cfg.workers,
+        "processes": cfg.processes,
         "slide": cfg.slide,
         "grid_shape": [gh, gw],
         "grid_mpx": grid_mpx,
@@ -514,6 +574,10 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
             "cpu_util_sampled": sampler.utilisation(t0, t1) / cores,
         },
         "efficiency": e2e_tps / model_tps,
+        # the same for a run on a cold backend (a single slide): the warm-up's cost beyond
+        # one round of steady calls added to the run
+        "efficiency_cold": _rate(tiles_n, summary.seconds + first_call_extra) / model_tps,
+        "first_call_extra_s": first_call_extra,
         # CPU seconds per tile of the model alone over those of the whole run: what the
         # wall-time efficiency tends to where the model fills every core, and a figure that
         # stays meaningful on a machine shared with other work
@@ -623,6 +687,7 @@ def run_benchmark(
     sizes: Sequence[int],
     workers: Sequence[int],
     model: str,
+    processes: int = 0,
     backend: str = "torch",
     device: str = "cpu",
     tile_size: int | None = None,
@@ -686,6 +751,7 @@ def run_benchmark(
                     slide=str(Path(_info(slides[size])["path"]).resolve()),
                     size=size,
                     workers=w,
+                    processes=processes,
                     model=checkpoint,
                     backend=backend,
                     device=device,
@@ -725,6 +791,7 @@ def run_benchmark(
         "settings": {
             "sizes": list(sizes),
             "workers": list(workers),
+            "processes": processes,
             "model": model,
             "checkpoint": checkpoint,
             "model_config": {"arch": model_cfg.arch, "mpp": model_cfg.mpp},
@@ -777,6 +844,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("RSS MB", "{:>6.0f}", lambda r: r["end_to_end"]["peak_rss_mb"]),
         ("CPU %", "{:>5.0f}", lambda r: 100 * r["end_to_end"]["cpu_util"]),
         ("eff", "{:>5.2f}", lambda r: r["efficiency"]),
+        ("cold", "{:>5.2f}", lambda r: r.get("efficiency_cold", math.nan)),
         ("busy", "{:>5.2f}", lambda r: r["stages"]["model_in_run"]["busy_in_run"]),
         ("bound", "{:>8}", lambda r: r["bottleneck"]),
     ]
@@ -805,7 +873,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{m['load_average']}, end {m['load_average_end']}; {result['date']}"
     )
     lines.append(
-        "t/s: tiles per second; eff: end-to-end tiles/s over model-only tiles/s; busy: share "
+        "t/s: tiles per second; eff: end-to-end tiles/s over model-only tiles/s (both on a "
+        "warm backend, the model alone measured before and after the run); cold: the same "
+        "with the backend's slower first calls added to the run; busy: share "
         "of the run the model was computing; bound: the model when busy >= 0.9, else the stage "
         "whose threads were busiest (busy time measured by the threads themselves)"
     )
@@ -902,6 +972,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def portable(obj: Any) -> Any:
+    """``obj`` with the paths of this machine in its strings made portable: relative to the
+    working folder inside it, ``~`` for the home folder (results are shared and committed)."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/"):
+        cwd, home = f"{Path.cwd()}/", f"{Path.home()}/"
+        if obj.startswith(cwd):
+            return obj[len(cwd) :]
+        if obj.startswith(home):
+            return "~/" + obj[len(home) :]
+    return obj
+
+
 def save(
     result: dict[str, Any], out_dir: Path, name: str | None = None, *, plots: bool = True
 ) -> dict[str, Path]:
@@ -913,7 +999,7 @@ def save(
         name = f"bench-{stamp}" + ("-quick" if result["settings"]["quick"] else "")
     exts = ("json", "txt", "png") if plots else ("json", "txt")
     paths = {ext: out_dir / f"{name}.{ext}" for ext in exts}
-    paths["json"].write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    paths["json"].write_text(json.dumps(portable(result), indent=2, default=_json_default) + "\n")
     paths["txt"].write_text(format_table(result) + "\n")
     if plots:
         plot(result, paths["png"])
@@ -925,7 +1011,21 @@ def save(
 
 @click.command("wsi-infer-bench", context_settings={"help_option_names": ["-h", "--help"]})
 @multi_option("--sizes", type=int, metavar="PX...", help=f"slide edges in px {DEFAULT_SIZES}")
-@multi_option("--workers", type=int, default=[1, 2], metavar="N...", help="dask workers (1 2)")
+@multi_option(
+    "--workers",
+    type=int,
+    default=[1, 2],
+    metavar="N...",
+    help="threads reading, predicting and segmenting (1 2); per process with --processes",
+)
+@click.option(
+    "--processes",
+    type=int,
+    default=0,
+    show_default=True,
+    help="run on a local dask cluster of this many processes, each with its own model "
+    "(as wsi-infer --processes; on a GPU, past one process' Python lock); 0: threads only",
+)
 @tile_size_option(help="Tile edge in pixels [default: the model's own].")
 @overlap_option(help="Tile overlap in pixels [default: the model's own].")
 @click.option(
@@ -970,6 +1070,7 @@ def bench_command(**options: Any) -> int:
         result = run_benchmark(
             sizes=sizes,
             workers=args.workers,
+            processes=args.processes,
             model=args.model,
             backend=args.backend,
             device=args.device,

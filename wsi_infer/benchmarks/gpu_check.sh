@@ -18,7 +18,10 @@
 #
 # Settings (environment): WSI_GPU_CHECK_SIZE (slide edge, px; 24576), WSI_GPU_CHECK_BATCH
 # (tiles per model call; 64), WSI_GPU_CHECK_THREADS (reading and segmentation threads;
-# cores - 2), WSI_GPU_CHECK_SITE (where wheels are installed; /tmp/site).
+# cores - 2), WSI_GPU_CHECK_PROCESSES (a second torch run on a local dask cluster of this many
+# processes, each with its own model and THREADS / PROCESSES threads, past one process' Python
+# lock; 4 on a GPU, 0: none, the dry run's default), WSI_GPU_CHECK_SITE (where wheels are
+# installed; /tmp/site).
 set -euo pipefail
 cd "$(cd "$(dirname "$0")" && pwd -P)/../.."  # the repository root, also when called through benchmarks/
 ROOT="$PWD"
@@ -37,10 +40,11 @@ trap 'rm -rf "$WORK"' EXIT
 CORES="$(nproc)"
 if [[ "$DRY" == 1 ]]; then
   DEVICE=cpu SIZE="${WSI_GPU_CHECK_SIZE:-1536}" BATCH="${WSI_GPU_CHECK_BATCH:-2}"
-  THREADS="${WSI_GPU_CHECK_THREADS:-2}" STAGE_S=0.5
+  THREADS="${WSI_GPU_CHECK_THREADS:-2}" STAGE_S=0.5 PROCS="${WSI_GPU_CHECK_PROCESSES:-0}"
 else
   DEVICE=cuda SIZE="${WSI_GPU_CHECK_SIZE:-24576}" BATCH="${WSI_GPU_CHECK_BATCH:-64}"
   THREADS="${WSI_GPU_CHECK_THREADS:-$(( CORES > 4 ? CORES - 2 : 2 ))}" STAGE_S=8
+  PROCS="${WSI_GPU_CHECK_PROCESSES:-4}"
 fi
 log() { echo "gpu_check: $*" >&2; }
 
@@ -119,17 +123,25 @@ if [[ "$DRY" != 1 ]] && command -v nvidia-smi > /dev/null; then
     -lms 200 > "$OUT/gpu-util.csv" &
   SAMPLER=$!
 fi
-bench() {  # backend name
-  python3 -m wsi_infer.benchmarks.bench --slide "$WORK/slide.tif" --model default --backend "$1" \
-    --device "$DEVICE" --tile-size 512 --batch-size "$BATCH" --workers "$THREADS" \
-    --stage-seconds "$STAGE_S" --out-dir "$OUT" --name "gpu-$1" --no-plot
+bench() {  # run name: backend, threads (per process), processes
+  local name="$1" backend="${1%%-*}" threads="$THREADS" procs=0
+  if [[ "$name" == *-processes ]]; then
+    procs="$PROCS" threads=$(( THREADS / PROCS > 1 ? THREADS / PROCS : 1 ))
+  fi
+  echo "benchmark $name: $backend on $DEVICE, batch $BATCH, $threads threads x $(( procs > 1 ? procs : 1 )) process(es)"
+  python3 -m wsi_infer.benchmarks.bench --slide "$WORK/slide.tif" --model default --backend "$backend" \
+    --device "$DEVICE" --tile-size 512 --batch-size "$BATCH" --workers "$threads" --processes "$procs" \
+    --stage-seconds "$STAGE_S" --out-dir "$OUT" --name "gpu-$name" --no-plot
 }
 backends=(torch)
+if (( PROCS > 0 )); then
+  backends+=(torch-processes)
+fi
 if [[ "$DRY" != 1 ]] && python3 -c "import onnxruntime, sys; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())" 2> /dev/null; then
   backends+=(onnxruntime)
 fi
 for b in "${backends[@]}"; do
-  log "benchmark: $b on $DEVICE, batch $BATCH, $THREADS threads"
+  log "benchmark $b (see $OUT/gpu-$b.log)"
   date -u +%s.%N > "$OUT/gpu-$b.window"
   bench "$b" > "$OUT/gpu-$b.log" 2>&1 || { log "benchmark $b failed: see $OUT/gpu-$b.log"; tail -n 20 "$OUT/gpu-$b.log" >&2; }
   date -u +%s.%N >> "$OUT/gpu-$b.window"
