@@ -40,6 +40,7 @@ CASES: dict[str, tuple[str, int, float | None, float | None]] = {
     "tma": ("tma", 384, None, None),
     "tcga-at-1": ("tcga", 192, 1.0, None),
     "tcga-at-2": ("tcga", 192, 2.0, 1.0),
+    "tcga-at-0.5": ("tcga", 192, 0.5, 1.0),  # few nuclei: the probe finds the others
 }
 
 
@@ -215,12 +216,13 @@ def test_strict_fails_implausible_results_and_changes_nothing_else(
         "tma": "skipped",
         "tcga-at-1": "skipped",
         "tcga-at-2": "failed",
+        "tcga-at-0.5": "failed",
     }
     assert (
         "--strict" in rows["cmu-at-0.25"]["error"] and "--mpp 0.5" in rows["cmu-at-0.25"]["error"]
     )
     errors = [ln for ln in stderr.splitlines() if ln.startswith("wsi-infer: error:")]
-    assert len(errors) == 2
+    assert len(errors) == 3
     # the result itself is the same complete, verified store
     assert zarr.open_group(str(store), mode="r").attrs["wsi_infer"]["digests"] == before
     code, _, err = invoke("inspect", store)
@@ -337,3 +339,17 @@ def test_a_median_inside_the_outer_band_warns_only_when_a_probe_fits_better() ->
     assert [f.code for f in few] == ["nucleus_area", "density"]
     assert few[0].message.startswith("only 10 nuclei found (150 per mm² of tissue)")
     assert few[0].suggested_mpp == 0.25
+    # a plausible density, yet few nuclei under PROBE_DENSITY per mm²: the probe still looks
+    sparse = assess(
+        areas=np.full(5, 6.0), density_per_mm2=543.0, probe=lambda m: (20.4, 30), **common
+    )
+    assert [(f.code, f.suggested_mpp) for f in sparse] == [("nucleus_area", 0.25)]
+    assert sparse[0].message.startswith("only 5 nuclei found (543 per mm² of tissue)")
+    probed: list[float] = []
+
+    def recording(mpp: float) -> tuple[float, int]:
+        probed.append(mpp)
+        return 20.4, 30
+
+    dense = assess(areas=np.full(5, 6.0), density_per_mm2=1500.0, probe=recording, **common)
+    assert dense == [] and probed == []  # few nuclei, but as dense as tissue: not probed

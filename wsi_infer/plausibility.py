@@ -71,6 +71,12 @@ MIN_TISSUE_FRACTION = 0.005
 DENSITY_RANGE = (200.0, 25_000.0)
 #: Largest plausible share of nuclei whose class probability is under twice chance.
 LOW_CONFIDENCE_SHARE = 0.6
+#: Too few nuclei to judge their size (under :data:`MIN_NUCLEI`) at under this many per mm² of
+#: tissue: the probe looks for nuclei at other resolutions.  Set above the lowest density of
+#: the wrong resolutions seen (a 192 px TCGA region read at 0.5 µm/px instead of 1 found 5
+#: nuclei at 542 per mm² with version 3 of the bundled model); correct runs of real tissue
+#: find far more than 50 nuclei, and the probe names a resolution only where it finds some.
+PROBE_DENSITY = 1000.0
 #: Tiles the model is run on per candidate resolution.
 PROBE_TILES = 4
 #: Resolution multiples tried, the most common mistakes (20x for 40x and back) first.
@@ -159,7 +165,7 @@ def assess(
         n > 0
         and probe is not None
         and density_per_mm2 is not None
-        and density_per_mm2 < DENSITY_RANGE[0]
+        and density_per_mm2 < PROBE_DENSITY
     ):
         # too few nuclei to judge their size: do others appear at another resolution?
         head = (
