@@ -32,9 +32,14 @@ def _png_folder(data: Path, dest: Path, n: int = 4) -> Path:
     return dest
 
 
-def test_packed_folder_holds_the_same_samples(data: Path, tmp_path: Path) -> None:
+def test_packed_folder_holds_the_same_samples(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = _png_folder(data, tmp_path / "src" / "tissue" / "train")
-    packed = pack_folder(folder, tmp_path / "out")
+    (folder / "images" / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="wsi_infer.training.travel"):
+        packed = pack_folder(folder, tmp_path / "out")
+    assert "notes.txt: not an image the training data reads" in caplog.text
     assert packed == tmp_path / "out" / "tissue" / "train"  # split folders keep their parent
     assert (packed / "labels.npz").read_bytes() == (folder / "labels.npz").read_bytes()
     assert sorted(p.suffix for p in (packed / "images").iterdir()) == [".jpg"] * 4

@@ -281,7 +281,7 @@ def _run_locked(
         tiles = grid.select(tissue_grid)
     else:
         t = time.perf_counter()
-        tissue = _tissue(job)
+        tissue = _tissue_mask(job.slide, job.slide_mpp, job.tissue_mpp, params)
         tiles = grid.select(tissue)
         timings["tissue_s"] = time.perf_counter() - t
         _guard_write(out, lambda: prepare_output(out, overwrite))
@@ -376,10 +376,6 @@ def _tissue_mask(
         return np.ones((shape.height, shape.width), dtype=bool)
     thumb = read_thumbnail(slide, slide_mpp, tissue_mpp)
     return detect_tissue(thumb, tissue_mpp, params.tissue)
-
-
-def _tissue(job: _SlideJob) -> NDArray[np.bool_]:
-    return _tissue_mask(job.slide, job.slide_mpp, job.tissue_mpp, job.params)
 
 
 def plan_tiles(

@@ -366,6 +366,15 @@ def _time_loop(fn: Any, budget: float, min_calls: int, max_calls: int) -> tuple[
 
 def run_child(cfg: RunConfig) -> dict[str, Any]:
     """One engine run and the stage measurements on its tiles (in this process)."""
+    from wsi_infer.reader import open_slide
+
+    # the benchmark's own handle on the slide (planning, pre-reading, the read stage); the
+    # run opens its own, as the CLI's does
+    with open_slide(cfg.slide) as slide:
+        return _run_child(cfg, slide)
+
+
+def _run_child(cfg: RunConfig, slide: Any) -> dict[str, Any]:
     import zarr
 
     from wsi_infer.cluster import dask_client
@@ -373,7 +382,6 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     from wsi_infer.predict import model_slots
     from wsi_infer.reader import GridReader, open_slide
     from wsi_infer.recipe import BackendRecipe
-    from wsi_infer.tiling import TileGrid
 
     params = RunParams(
         tile_size=cfg.tile_size,
@@ -399,20 +407,14 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
 
     # ---- the tiles the run will predict, planned as the run plans them; a few batches of
     # them pre-read for the model-only measurement
-    slide = open_slide(cfg.slide)
-    try:
-        plan_reader, plan_grid, planned = plan_tiles(slide, backend.config, params)
-        if not planned:
-            raise RuntimeError(
-                f"{cfg.slide}: the engine finds no tissue tile to measure (a slide under ~1 mm "
-                "loses its tissue to the minimum tissue area: use larger --sizes)"
-            )
-        imgs = [
-            plan_reader.read(x, y, t, t)
-            for y, x in (plan_grid.origin(i, j) for i, j in planned[: max(bs, 8 * bs)])
-        ]
-    finally:
-        slide.close()
+    reader, grid, tiles = plan_tiles(slide, backend.config, params)
+    if not tiles:
+        raise RuntimeError(
+            f"{cfg.slide}: the engine finds no tissue tile to measure (a slide under ~1 mm "
+            "loses its tissue to the minimum tissue area: use larger --sizes)"
+        )
+    origins = [grid.origin(i, j) for i, j in tiles]
+    imgs = [reader.read(x, y, t, t) for y, x in origins[: max(bs, 8 * bs)]]
     while len(imgs) < bs:
         imgs = imgs + imgs
     batches = [np.stack(imgs[k : k + bs]) for k in range(0, len(imgs) - bs + 1, bs)]
@@ -466,34 +468,33 @@ def run_child(cfg: RunConfig) -> dict[str, Any]:
     after = model_only()
     n_model, model_s, model_cpu = (a + b for a, b in zip(before, after, strict=True))
 
-    # ---- the run's geometry and tiles, from its store
+    # ---- the run's store: its tissue area, and the proof it predicted the planned tiles
     root = zarr.open_group(cfg.store, mode="r")
     info: dict[str, Any] = dict(root.attrs["wsi_infer"])  # type: ignore[arg-type]
     gh, gw = (int(v) for v in info["grid_shape"])
-    scale = float(info["grid_to_level0"])
     tissue_mask = np.asarray(root["labels/tissue/0"][:], dtype=bool)  # type: ignore[index]
     tissue_mpp = float(info["tissue"]["mpp"])
     tissue_mm2 = float(tissue_mask.sum()) * (tissue_mpp * 1e-3) ** 2
-    grid = TileGrid(gh, gw, params.tile_size, params.overlap)
-    tiles = grid.select(tissue_mask)
-    if tiles != planned or len(tiles) != summary.tiles:
+    if (
+        (gh, gw) != (grid.height, grid.width)
+        or grid.select(tissue_mask) != tiles
+        or summary.tiles != len(tiles)
+    ):
         raise RuntimeError(
-            f"{cfg.slide}: the run predicted {summary.tiles} tiles, {len(planned)} were "
+            f"{cfg.slide}: the run predicted {summary.tiles} tiles, {len(tiles)} were "
             "planned: the model-only measurement would not be on the run's tiles"
         )
-    slide = open_slide(cfg.slide)
-    try:
-        reader = GridReader(slide, scale)
-        origins = [grid.origin(i, j) for i, j in tiles]
 
-        # ---- read + decode, one thread, the engine's tiles in its order
+    # ---- read + decode, one thread, the engine's tiles in its order, through a handle of
+    # its own (the pre-reads above left tiles in the first one's cache)
+    with open_slide(cfg.slide) as fresh:
+        fresh_reader = GridReader(fresh, reader.scale)
+
         def read_one(k: int) -> None:
             y, x = origins[k]
-            reader.read(x, y, t, t)
+            fresh_reader.read(x, y, t, t)
 
-        n_read, read_s = _time_loop(read_one, budget, 1, len(origins)) if origins else (0, 0.0)
-    finally:
-        slide.close()
+        n_read, read_s = _time_loop(read_one, budget, 1, len(origins))
 
     # ---- store write: the run's labels, band by band, into a store like the run's
     write = _measure_store_write(root, params.label_chunk, budget)

@@ -203,6 +203,8 @@ class FolderSource:
     """
 
     SPLITS = ("train", "test", "val", "valid", "validation")
+    #: The image files an ``images/`` folder may hold, in the order a name is looked up.
+    IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".tif", ".tiff")
     #: Relative resolution difference under which an image is used as it is.
     MPP_TOLERANCE = 0.05
 
@@ -266,7 +268,7 @@ class FolderSource:
         logger.info("%s: %d images (typed: %s)", self.root, len(self.names), self.typed)
 
     def _image_file(self, name: str) -> Path:
-        for ext in (".jpg", ".png", ".jpeg", ".tif", ".tiff"):
+        for ext in self.IMAGE_SUFFIXES:
             path = self.root / "images" / f"{name}{ext}"
             if path.is_file():
                 return path

@@ -42,6 +42,8 @@ def pack_folder(src: Path, out: Path) -> Path:
     """Copy one ``images/`` + ``labels.npz`` folder under ``out``; return where it went."""
     from PIL import Image
 
+    from wsi_infer.training.data import FolderSource
+
     if not (src / "labels.npz").is_file() or not (src / "images").is_dir():
         raise click.ClickException(f"{src}: not a training folder (images/ and labels.npz)")
     dest = _destination(src, out)
@@ -51,9 +53,11 @@ def pack_folder(src: Path, out: Path) -> Path:
     shutil.copy2(src / "labels.npz", dest / "labels.npz")
     for image in sorted((src / "images").iterdir()):
         suffix = image.suffix.lower()
-        if suffix in (".jpg", ".jpeg"):
+        if suffix not in FolderSource.IMAGE_SUFFIXES:
+            logger.warning("%s: not an image the training data reads; not copied", image)
+        elif suffix in (".jpg", ".jpeg"):
             shutil.copy2(image, dest / "images" / image.name)
-        elif suffix in (".png", ".tif", ".tiff"):
+        else:
             with Image.open(image) as im:
                 im.convert("RGB").save(
                     dest / "images" / f"{image.stem}.jpg",
