@@ -216,6 +216,10 @@ def test_quick_benchmark(tmp_path: Path, tiny_model: Path, data: Path) -> None:
     assert result["date"] and result["versions"]["wsi-infer"] and result["versions"]["torch"]
     machine = result["machine"]
     assert machine["cpu_model"] and machine["cpu_count"] >= 1 and machine["ram_gb"] > 0
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "cpu family" in cpuinfo.read_text():  # hosts of one model name differ
+        assert machine["cpu_generation"].startswith("family ")
+        assert machine["cpu_generation"].split(", ")[-1] in {"avx512f", "avx2", "avx", "sse"}
     assert result["settings"]["slide_mpp"] == 1.0  # the tiny model's: no resampling
 
     runs = result["runs"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,13 @@ import pytest
 from localmodel import DarkNucleiBackend
 from numpy.typing import NDArray
 
-from wsi_infer import scheduler
+from wsi_infer import engine, scheduler
 from wsi_infer.engine import RunParams, run_slide
+from wsi_infer.reader import GridReader
 from wsi_infer.scheduler import (
     Call,
     ClusterExecution,
+    LocalExecution,
     predict_priority,
     run_prioritised,
     submit_prioritised,
@@ -173,3 +176,88 @@ def _short_hold(self: _HeldBackend, tiles: NDArray[np.uint8]) -> NDArray[np.uint
     if self.calls == self.hold_at:
         self.segmented_while_held = self.band_done.wait(timeout=3)
     return self.inner(tiles)
+
+
+class _SlotProbe:
+    """A model of two slots whose first two calls wait (up to ``timeout`` s) until the tiles
+    of a third batch are read: with both slots computing, only a thread reading ahead can
+    read them.  It also counts the calls inside it at once."""
+
+    concurrency = 2
+
+    def __init__(self, reads: Callable[[], int], want: int, timeout: float) -> None:
+        self.inner = DarkNucleiBackend()
+        self.name, self.device, self.config = self.inner.name, "cpu", self.inner.config
+        self.model_sha256, self.model_source = self.inner.model_sha256, self.inner.model_source
+        self.reads, self.want, self.timeout = reads, want, timeout
+        self._lock = threading.Lock()
+        self.calls = self.inside = self.most_inside = 0
+        self.read_ahead: list[bool] = []
+
+    def __call__(self, tiles: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        with self._lock:
+            self.calls += 1
+            held = self.calls <= 2
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if held:
+                deadline = time.monotonic() + self.timeout
+                while self.reads() < self.want and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                self.read_ahead.append(self.reads() >= self.want)
+            return self.inner(tiles)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def _run_probed(
+    slide: Path, out: Path, monkeypatch: pytest.MonkeyPatch, timeout: float
+) -> _SlotProbe:
+    read: list[int] = []
+    plain_read = GridReader.read
+
+    def counted(self: GridReader, *args: Any, **kwargs: Any) -> NDArray[np.uint8]:
+        tile = plain_read(self, *args, **kwargs)
+        read.append(1)
+        return tile
+
+    monkeypatch.setattr(GridReader, "read", counted)
+    params = RunParams(
+        tile_size=256,
+        overlap=64,
+        batch_size=2,
+        threads=2,
+        tissue=TissueParams(enabled=False),
+    )
+    backend = _SlotProbe(lambda: len(read), want=3 * params.batch_size, timeout=timeout)
+    run_slide(slide, out, backend, params)
+    return backend
+
+
+def test_the_next_batch_is_read_while_every_model_slot_computes(
+    he_mosaic: NDArray[np.uint8],
+    make_slide: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two threads and a model of two slots: a third thread reads the next batch while both
+    slots compute, so a slot set free starts at once; never more calls than slots."""
+    slide = make_slide("slots.tif", he_mosaic, mpp=0.25)
+    backend = _run_probed(slide, tmp_path / "slots.zarr", monkeypatch, timeout=30)
+    assert backend.read_ahead == [True, True]
+    assert backend.most_inside == 2
+
+
+def test_as_many_threads_as_slots_would_leave_the_next_batch_unread(
+    he_mosaic: NDArray[np.uint8],
+    make_slide: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check above can fail: with one thread per slot, nobody reads while both compute."""
+    slide = make_slide("no-slack.tif", he_mosaic, mpp=0.25)
+    monkeypatch.setattr(engine, "execution_for", lambda client, workers, device: LocalExecution(2))
+    backend = _run_probed(slide, tmp_path / "no-slack.zarr", monkeypatch, timeout=1)
+    assert backend.read_ahead == [False, False]

@@ -8,8 +8,9 @@ threads here or a dask.distributed cluster -- is :mod:`wsi_infer.scheduler`'s pl
 1. **Predict.**  Tissue tiles (the model's input ``tile`` pixels, of which the
    central ``tile - overlap`` are kept) are read, batched and run through the
    backend; the compact maps of each tile's core go into the store's scratch
-   array, one zarr chunk per tile.  Reading runs in parallel with the model,
-   which one lock per process keeps to one batch at a time.  A chunk on disk is
+   array, one zarr chunk per tile.  Reading runs beside the model: the model
+   takes as many calls at once as it has slots, and the run has one thread more,
+   so the next batch is read while every slot computes.  A chunk on disk is
    a tile done: a run started again skips the batches whose tiles are all done
    (batches are fixed by the tile list, so the model gets the same ones).
 2. **Segment and stitch.**  The seamless maps are cut into windows (bands of
@@ -70,6 +71,7 @@ from wsi_infer.resume import existing_store, fingerprint, slide_record
 from wsi_infer.scheduler import Call, Predicting, PredictPlan, execution_for
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
+    TABLE_CHUNK,
     append_table,
     build_pyramid,
     create_store,
@@ -463,7 +465,12 @@ def _predict_and_segment(
     t = time.perf_counter()
     store_id = StoreInfo.read(root, sj.out).store_id
     maps: Any = root["_scratch/maps"]
-    execution = execution_for(client, sj.params.threads, sj.backend.device)
+    # Threads of this process share the client's model (its slots: how many calls at
+    # once) and reader.  One thread more than the slots: while the model computes, it
+    # reads the next batch (and a thread just out of the model writes its maps), so a
+    # slot never waits for the slide or the store.
+    slots = model_slots(sj.backend, sj.params.threads)
+    execution = execution_for(client, max(sj.params.threads, slots + 1), sj.backend.device)
     job = PredictJob(
         str(sj.slide.path),
         sj.identity.content,
@@ -474,9 +481,6 @@ def _predict_and_segment(
         maps,
         BackendSpec.of(sj.backend),
     )
-    # Threads of this process share the client's model (its slots: how many calls at
-    # once) and reader.
-    slots = model_slots(sj.backend, sj.params.threads)
     timings["model_slots"] = slots
     local = (
         (sj.backend, threading.BoundedSemaphore(slots), sj.reader) if execution.in_process else None
@@ -503,6 +507,7 @@ def _predict_and_segment(
             before_band=segment.before_band,
             busy=segment.busy,
         )
+        segment.write_table()
         finished_at = predicting.wait_all()  # all of stage 1, whatever the bands needed
     timings["predict_s"] = finished_at - t
     timings["segment_s"] = segment.seconds
@@ -538,8 +543,10 @@ class _PredictTally:
 
 class _SegmentBands:
     """Segmentation's side of a run: before a band, ``wait`` for the rows it reads; after
-    it, append its table rows; the seconds spent segmenting (not waiting), its busy
-    times and the segment progress bar."""
+    it, keep its table rows (appended to the store a table chunk at a time, and by
+    :meth:`write_table` at the end: every append rewrites metadata and the last chunk);
+    the seconds spent segmenting (not waiting), its busy times and the segment progress
+    bar."""
 
     def __init__(
         self,
@@ -551,6 +558,8 @@ class _SegmentBands:
         self.root, self.wait = root, wait
         self.seconds = 0.0
         self.busy: dict[str, float] = {}
+        self._rows: list[dict[str, NDArray[Any]]] = []
+        self._pending = 0
         self._bar = progress(bands, "segment") if progress else None
 
     def before_band(self, y: int) -> None:
@@ -559,9 +568,21 @@ class _SegmentBands:
 
     def after_band(self, rows: dict[str, NDArray[Any]]) -> None:
         self.seconds += time.perf_counter()
-        append_table(self.root, rows)
+        if len(rows["id"]):
+            self._rows.append(rows)
+            self._pending += len(rows["id"])
+        if self._pending >= TABLE_CHUNK:
+            self.write_table()
         if self._bar is not None:
             self._bar.update(1)
+
+    def write_table(self) -> None:
+        """Append the rows kept so far to the store's table."""
+        if self._rows:
+            append_table(
+                self.root, {k: np.concatenate([r[k] for r in self._rows]) for k in self._rows[0]}
+            )
+        self._rows, self._pending = [], 0
 
     def __enter__(self) -> Self:
         return self

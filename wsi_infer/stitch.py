@@ -11,8 +11,10 @@ written out band by band: memory is bounded by the slide's width, never its area
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,32 +185,30 @@ def stitch(
     ``segment_cpu_s``, measured in the threads that segment them) and the
     painting's (``stitch_paint_s``).  Returns the number of nuclei.
     """
-    from dask.base import compute
-    from dask.delayed import delayed
-
     height, width = maps.shape[:2]
     chunk = params.label_chunk
     canvas = _Canvas(width, chunk, params.margin)
     next_id = 1
-    for _, cores in windows(height, width, chunk, params.window_cols):
-        if before_band is not None:
-            before_band(min(cores[0][1] + params.margin, height))
-        timed = compute(
-            *[delayed(_timed_window)(maps, c, params.margin, params.post) for c in cores],
-            scheduler="threads",
-            num_workers=params.threads,
-        )
-        parts = tuple(part for part, _, _ in timed)
-        t0 = time.perf_counter()
-        rows = _paint_band(canvas, parts, next_id, scale, run_mpp)
-        if busy is not None:
-            busy["segment_busy_s"] = busy.get("segment_busy_s", 0.0) + sum(w for _, w, _ in timed)
-            busy["segment_cpu_s"] = busy.get("segment_cpu_s", 0.0) + sum(c for _, _, c in timed)
-            busy["stitch_paint_s"] = busy.get("stitch_paint_s", 0.0) + time.perf_counter() - t0
-        if on_band is not None:
-            on_band(rows)
-        next_id += len(rows["id"])
-        canvas.flush(nuclei_out, types_out, height)
+    segment = functools.partial(_timed_window, maps, margin=params.margin, post=params.post)
+    # A band's windows are segmented side by side, on threads kept for the whole slide.
+    with ThreadPoolExecutor(params.threads, thread_name_prefix="wsi-infer-segment") as pool:
+        for _, cores in windows(height, width, chunk, params.window_cols):
+            if before_band is not None:
+                before_band(min(cores[0][1] + params.margin, height))
+            timed = list(pool.map(segment, cores))
+            parts = tuple(part for part, _, _ in timed)
+            t0 = time.perf_counter()
+            rows = _paint_band(canvas, parts, next_id, scale, run_mpp)
+            if busy is not None:
+                busy["segment_busy_s"] = busy.get("segment_busy_s", 0.0) + sum(
+                    w for _, w, _ in timed
+                )
+                busy["segment_cpu_s"] = busy.get("segment_cpu_s", 0.0) + sum(c for _, _, c in timed)
+                busy["stitch_paint_s"] = busy.get("stitch_paint_s", 0.0) + time.perf_counter() - t0
+            if on_band is not None:
+                on_band(rows)
+            next_id += len(rows["id"])
+            canvas.flush(nuclei_out, types_out, height)
     canvas.flush(nuclei_out, types_out, height)  # the last band's rows
     return next_id - 1
 

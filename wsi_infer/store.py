@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTR",
+    "TABLE_CHUNK",
     "TABLE_COLUMNS",
     "create_store",
     "is_wsi_infer_store",
@@ -71,6 +72,7 @@ TABLE_COLUMNS: dict[str, tuple[str, int | None]] = {
     "type": ("uint8", None),
     "type_prob": ("float32", None),
 }
+#: Rows per chunk of the nuclei table; a run appends its rows a chunk at a time.
 TABLE_CHUNK = 65536
 
 

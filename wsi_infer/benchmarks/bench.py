@@ -174,14 +174,34 @@ def _rate(count: float, seconds: float) -> float:
     return count / seconds if seconds > 0 else math.nan
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_generation() -> str | None:
+    """Family, model and widest vector unit of the CPU: virtual machines of one name run on
+    hosts of several generations (the model ran 2.6x faster on one than another), so
+    results are compared only within one."""
+    info = _cpuinfo()
+    if "cpu family" not in info:
+        return None
+    flags = set(info.get("flags", "").split())
+    vector = next((v for v in ("avx512f", "avx2", "avx") if v in flags), "sse")
+    return f"family {info['cpu family']} model {info.get('model', '?')}, {vector}"
 
 
 def machine_info() -> dict[str, Any]:
@@ -200,6 +220,7 @@ def machine_info() -> dict[str, Any]:
         load = None
     return {
         "cpu_model": _cpu_model(),
+        "cpu_generation": _cpu_generation(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "ram_gb": round(ram / 2**30, 1),
@@ -207,6 +228,11 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": load,
     }
+
+
+def _generation_note(machine: dict[str, Any]) -> str:
+    generation = machine.get("cpu_generation")  # absent from results of older versions
+    return f" ({generation})" if generation else ""
 
 
 def package_versions() -> dict[str, str | None]:
@@ -870,7 +896,8 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines.append("")
     lines.append(
-        f"{m['cpu_model']}, {m['cpus_usable']} CPUs, {m['ram_gb']} GB; load average at start "
+        f"{m['cpu_model']}{_generation_note(m)}, {m['cpus_usable']} CPUs, {m['ram_gb']} GB; "
+        "load average at start "
         f"{m['load_average']}, end {m['load_average_end']}; {result['date']}"
     )
     lines.append(
