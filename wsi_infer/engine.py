@@ -559,7 +559,6 @@ class _SegmentBands:
         self.seconds = 0.0
         self.busy: dict[str, float] = {}
         self._rows: list[dict[str, NDArray[Any]]] = []
-        self._pending = 0
         self._bar = progress(bands, "segment") if progress else None
 
     def before_band(self, y: int) -> None:
@@ -570,8 +569,7 @@ class _SegmentBands:
         self.seconds += time.perf_counter()
         if len(rows["id"]):
             self._rows.append(rows)
-            self._pending += len(rows["id"])
-        if self._pending >= TABLE_CHUNK:
+        if sum(len(r["id"]) for r in self._rows) >= TABLE_CHUNK:
             self.write_table()
         if self._bar is not None:
             self._bar.update(1)
@@ -582,7 +580,7 @@ class _SegmentBands:
             append_table(
                 self.root, {k: np.concatenate([r[k] for r in self._rows]) for k in self._rows[0]}
             )
-        self._rows, self._pending = [], 0
+        self._rows = []
 
     def __enter__(self) -> Self:
         return self
