@@ -14,7 +14,8 @@ from wsi_infer.errors import (
     UnsupportedSlideError,
     WsiInferError,
 )
-from wsi_infer.reader import GridReader, open_slide, resolve_mpp
+from wsi_infer.reader import GridReader, open_slide, resolve_mpp, rgb_on_white
+from wsi_infer.tissue import read_thumbnail
 
 #: (file, reader, dimensions, mpp) of the test data every clone has
 GEOMETRY = [
@@ -135,6 +136,51 @@ def test_a_region_across_the_edge_keeps_the_pixels_inside(data: Path) -> None:
     assert inside.flags.c_contiguous and inside.shape == (40, 48, 3)
     assert (across[:24] == 255).all() and (across[:, :16] == 255).all()
     np.testing.assert_array_equal(across[24:, 16:], inside)
+
+
+def test_transparent_pixels_are_painted_over_white_as_pillow_composites_them() -> None:
+    # only the pixels that are not opaque are composited: opaque, clear and partly
+    # transparent ones side by side, against Pillow's alpha compositing over white
+    from PIL import Image
+
+    rgba = np.random.default_rng(1).integers(0, 256, (64, 96, 4), dtype=np.uint8)
+    rgba[:20, :, 3] = 255
+    rgba[20:30, :, 3] = 0
+    white = Image.new("RGBA", (96, 64), (255, 255, 255, 255))
+    expected = np.asarray(
+        Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")).convert("RGB")
+    )
+    got = rgb_on_white(rgba)
+    assert got.flags.c_contiguous and got.shape == (64, 96, 3)
+    np.testing.assert_array_equal(got, expected)
+    assert (got[20:30] == 255).all() and (got[:20] == rgba[:20, :, :3]).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5, 3.0])
+def test_regions_decoded_in_strips_on_threads_are_the_same_pixels(data: Path, scale: float) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_slide(data / "slides/CMU-1-Small-Region.svs") as slide:
+        grid = GridReader(slide, scale)
+        # across the slide's top-left corner: white outside, more rows than one strip
+        x, y, w, h = -7, -5, round(900 / scale), round(1700 / scale)
+        alone = grid.read(x, y, w, h)
+        with ThreadPoolExecutor(2) as pool:
+            threaded = grid.read(x, y, w, h, pool)
+    np.testing.assert_array_equal(threaded, alone)
+    assert (alone[:2] == 255).all() and not (alone[100:] == 255).all()
+
+
+def test_a_thumbnail_read_on_threads_is_the_one_read_on_one(data: Path) -> None:
+    # a slide without a pyramid: the thumbnail decodes level 0, in strips on two threads
+    with open_slide(data / "slides/CMU-1-Small-Region.svs") as slide:
+        one = read_thumbnail(slide, 0.499, 8.0, threads=1)
+        two = read_thumbnail(slide, 0.499, 8.0, threads=2)
+        small_blocks = read_thumbnail(slide, 0.499, 8.0, max_block=1000, threads=2)
+    assert one.shape == (185, 138, 3)  # 2967 x 2220 px at 0.499 µm/px, at 8 µm/px
+    np.testing.assert_array_equal(two, one)
+    # blocks meet without seams: the thumbnail read in 1000 px blocks is nearly the same
+    assert np.abs(small_blocks.astype(int) - one).max() <= 1
 
 
 def test_implausible_metadata_resolution_asks_for_mpp(data: Path) -> None:

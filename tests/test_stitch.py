@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from wsi_infer.params import RunParams
 from wsi_infer.postprocess import PostprocessParams, renumber_raster, segment
 from wsi_infer.stitch import stitch
+from wsi_infer.store import PyramidStream, pyramid_levels
 
 
 def random_nuclei(shape: tuple[int, int], n: int, seed: int, touching: bool) -> NDArray[np.int32]:
@@ -126,3 +129,57 @@ def test_window_size_does_not_change_result() -> None:
     b, nb, _ = run_stitch(maps, label_chunk=128, window_cols=256)
     assert na == nb
     assert_same_partition(a, b)
+
+
+def test_pyramid_levels_streamed_with_the_stitch_are_level_0_subsampled(tmp_path: Path) -> None:
+    # the coarser levels are written from the rows the stitch hands over, band by band,
+    # never read back: each level is level 0 taken every 2**k rows and columns
+    truth = random_nuclei((300, 420), 150, 5, touching=False)
+    root = zarr.open_group(tmp_path / "labels.zarr", mode="w")
+    nuclei = root.create_group("nuclei")
+    types = root.create_group("types")
+    base_n = nuclei.create_array("0", shape=truth.shape, chunks=(64, 64), dtype="uint32")
+    base_t = types.create_array("0", shape=truth.shape, chunks=(64, 64), dtype="uint8")
+    streams = [PyramidStream(nuclei, 64), PyramidStream(types, 64)]
+    seen: list[int] = []
+
+    def on_rows(y0: int, labels: NDArray[np.uint32], classes: NDArray[np.uint8]) -> None:
+        seen.append(y0)
+        streams[0].add(y0, labels)
+        streams[1].add(y0, classes)
+
+    params = RunParams(tile_size=128, overlap=32, label_chunk=64, window_cols=128, margin=32)
+    n = stitch(maps_from_labels(truth), base_n, base_t, params, on_rows=on_rows)
+    for s in streams:
+        s.close()
+    assert n == truth.max() and seen == list(range(0, 300, 64))
+    levels = pyramid_levels(truth.shape, 64)
+    assert streams[0].levels == levels == 4  # 420 -> 210 -> 105 -> 53 columns
+    for group in (nuclei, types):
+        base = np.asarray(group["0"][:])
+        assert base.any()
+        for k in range(1, levels):
+            np.testing.assert_array_equal(group[str(k)][:], base[:: 2**k, :: 2**k])
+        assert str(levels) not in group
+
+
+def test_a_pyramid_stream_takes_rows_in_any_runs_but_in_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 5, (101, 77), dtype=np.uint8)
+    group = zarr.open_group(tmp_path / "p.zarr", mode="w")
+    group.create_array("0", data=base, chunks=(8, 8))
+    stream = PyramidStream(group, 8)
+    y = 0
+    for size in (1, 2, 7, 9, 30, 52):  # runs that start on odd rows too
+        rows = base[y : y + size].copy()
+        stream.add(y, rows)
+        rows[:] = 0  # the caller reuses its buffer
+        y += size
+    stream.close()
+    assert y == 101 and stream.levels == pyramid_levels(base.shape, 8) == 5
+    for k in range(1, 5):
+        np.testing.assert_array_equal(group[str(k)][:], base[:: 2**k, :: 2**k])
+    again = PyramidStream(group, 8)  # levels made anew, as a resumed run makes them
+    again.add(0, base[:10])
+    with pytest.raises(ValueError, match="out of order"):
+        again.add(12, base[12:20])

@@ -72,14 +72,16 @@ from wsi_infer.scheduler import Call, Predicting, PredictPlan, execution_for
 from wsi_infer.stitch import stitch
 from wsi_infer.store import (
     TABLE_CHUNK,
+    PyramidStream,
     append_table,
-    build_pyramid,
     create_store,
     prepare_output,
+    pyramid_levels,
     refuse_inside_store,
     remove_creating,
     remove_leftovers,
     reset_table,
+    write_multiscales,
 )
 from wsi_infer.storeinfo import (
     BackendRecord,
@@ -376,7 +378,7 @@ def _tissue_mask(
     if not params.tissue.enabled:
         shape = GridReader(slide, max(tissue_mpp / slide_mpp, 1.0))
         return np.ones((shape.height, shape.width), dtype=bool)
-    thumb = read_thumbnail(slide, slide_mpp, tissue_mpp)
+    thumb = read_thumbnail(slide, slide_mpp, tissue_mpp, threads=params.threads)
     return detect_tissue(thumb, tissue_mpp, params.tissue)
 
 
@@ -496,6 +498,16 @@ def _predict_and_segment(
         _SegmentBands(root, progress, plan.n_bands, predicting.wait_rows) as segment,
     ):
         reset_table(root)
+        # the coarser label levels are written as level 0's rows come, not read back after
+        pyramids = [
+            PyramidStream(root[f"labels/{name}"], sj.params.label_chunk)  # type: ignore[arg-type]
+            for name in ("nuclei", "types")
+        ]
+
+        def on_rows(y0: int, labels: NDArray[np.uint32], types: NDArray[np.uint8]) -> None:
+            pyramids[0].add(y0, labels)
+            pyramids[1].add(y0, types)
+
         nuclei = stitch(
             maps,
             root["labels/nuclei/0"],  # type: ignore[arg-type]
@@ -506,7 +518,10 @@ def _predict_and_segment(
             on_band=segment.after_band,
             before_band=segment.before_band,
             busy=segment.busy,
+            on_rows=on_rows,
         )
+        for pyramid in pyramids:
+            pyramid.close()
         segment.write_table()
         finished_at = predicting.wait_all()  # all of stage 1, whatever the bands needed
     timings["predict_s"] = finished_at - t
@@ -606,10 +621,11 @@ def _write_results(root: zarr.Group, sj: _SlideJob, nuclei: int, timings: dict[s
     t = time.perf_counter()
     labels_group = root["labels"]
     assert isinstance(labels_group, zarr.Group)
+    levels = pyramid_levels((sj.grid.height, sj.grid.width), sj.params.label_chunk)
     for name in ("nuclei", "types"):
         g = labels_group[name]
         assert isinstance(g, zarr.Group)
-        build_pyramid(g, name, sj.run_mpp, sj.params.label_chunk)
+        write_multiscales(g, name, sj.run_mpp, levels)
     from wsi_infer.stats import slide_statistics
 
     _mark(root, nuclei=nuclei)

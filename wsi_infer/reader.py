@@ -12,6 +12,7 @@ import math
 import re
 import stat
 import threading
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,13 @@ from wsi_infer.errors import (
     UnsupportedSlideError,
 )
 
-__all__ = ["GridReader", "Slide", "open_slide"]
+__all__ = ["GridReader", "Slide", "open_slide", "rgb_on_white"]
 
 logger = logging.getLogger(__name__)
 
 _WHITE = 255
+#: Pixels per strip when a large region of level 0 is decoded on several threads.
+STRIP_PIXELS = 1 << 20
 #: Coarser than this (a 0.5x objective) the metadata's resolution is taken as bogus.
 MAX_PLAUSIBLE_MPP = MAX_MPP
 
@@ -84,6 +87,23 @@ class Slide:
         self.close()
 
 
+def rgb_on_white(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """RGB of an RGBA region painted over white (openslide's transparent pixels lie
+    outside the slide or its scanned areas).
+
+    Only the pixels that are not opaque are composited: a region is opaque nearly
+    everywhere, and compositing every pixel costs more than decoding the JPEG tiles.
+    """
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    clear = rgba[..., 3] < 255
+    if clear.any():
+        rows, cols = np.nonzero(clear)
+        alpha = rgba[rows, cols, 3:4].astype(np.uint16)
+        colour = rgb[rows, cols].astype(np.uint16)
+        rgb[rows, cols] = ((colour * alpha + _WHITE * (255 - alpha) + 127) // 255).astype(np.uint8)
+    return rgb
+
+
 class OpenSlideSlide(Slide):
     backend = "openslide"
 
@@ -101,16 +121,7 @@ class OpenSlideSlide(Slide):
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> NDArray[np.uint8]:
         d = self.level_downsamples[level]
         img = self._osr.read_region((round(x * d), round(y * d)), level, (w, h))
-        rgba = np.asarray(img)
-        if int(rgba[..., 3].min()) == 255:
-            # opaque, as nearly every region inside a slide is: the colours as they are
-            # (compositing costs as much CPU as decoding the JPEG tiles)
-            return np.ascontiguousarray(rgba[..., :3])
-        rgb = rgba[..., :3].astype(np.uint16)
-        alpha = rgba[..., 3:4].astype(np.uint16)
-        # openslide gives premultiplied-alpha-free RGBA with transparent areas outside: paint them white
-        out = (rgb * alpha + _WHITE * (255 - alpha) + 127) // 255
-        return out.astype(np.uint8)
+        return rgb_on_white(np.asarray(img))
 
     def close(self) -> None:
         self._osr.close()
@@ -268,10 +279,16 @@ class GridReader:
         self.factor = scale / slide.level_downsamples[self.level]
         self.exact = abs(self.factor - 1.0) < tol
 
-    def read(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
-        """RGB ``(h, w, 3)`` of grid pixels ``[x, x + w) x [y, y + h)``; white outside the slide."""
+    def read(
+        self, x: int, y: int, w: int, h: int, pool: Executor | None = None
+    ) -> NDArray[np.uint8]:
+        """RGB ``(h, w, 3)`` of grid pixels ``[x, x + w) x [y, y + h)``; white outside the slide.
+
+        With a thread ``pool``, a large region of level 0 is decoded in strips side by
+        side (the same pixels: level 0 is read as stored, without resampling).
+        """
         if self.exact:
-            return self.slide.read_region(x, y, self.level, w, h)
+            return self._read_level(x, y, w, h, pool)
         from PIL import Image
 
         f = self.factor
@@ -279,11 +296,24 @@ class GridReader:
         lx1, ly1 = (x + w) * f, (y + h) * f
         ix0, iy0 = math.floor(lx0) - 1, math.floor(ly0) - 1
         ix1, iy1 = math.ceil(lx1) + 1, math.ceil(ly1) + 1
-        src = self.slide.read_region(ix0, iy0, self.level, ix1 - ix0, iy1 - iy0)
+        src = self._read_level(ix0, iy0, ix1 - ix0, iy1 - iy0, pool)
         img = Image.fromarray(src)
         box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
         resample = Image.Resampling.BILINEAR if f < 1 else Image.Resampling.BOX
         return np.asarray(img.resize((w, h), resample=resample, box=box))
+
+    def _read_level(
+        self, x: int, y: int, w: int, h: int, pool: Executor | None
+    ) -> NDArray[np.uint8]:
+        """Pixels of this reader's level; from level 0, in strips on ``pool`` if given."""
+        rows = -(-STRIP_PIXELS // max(w, 1))
+        if pool is None or self.level != 0 or h <= rows:
+            return self.slide.read_region(x, y, self.level, w, h)
+        starts = range(y, y + h, rows)
+        strips = pool.map(
+            lambda s: self.slide.read_region(x, s, 0, w, min(rows, y + h - s)), starts
+        )
+        return np.concatenate(list(strips))
 
 
 def resolve_mpp(slide: Slide, mpp: float | None) -> float:

@@ -26,7 +26,10 @@ from wsi_infer.params import RunParams
 from wsi_infer.postprocess import PostprocessParams, pixel_types, segment_sparse
 from wsi_infer.tiling import windows
 
-__all__ = ["WindowNuclei", "segment_window", "stitch"]
+__all__ = ["OnRows", "WindowNuclei", "segment_window", "stitch"]
+
+#: Receives a run of final label rows: ``(first row, labels, types)``.
+OnRows = Callable[[int, NDArray[np.uint32], NDArray[np.uint8]], None]
 
 
 @dataclass
@@ -149,13 +152,18 @@ class _Canvas:
         labels[flat] = (part.pixel_nucleus[free] + first_id).astype(np.uint32)
         types[flat] = part.types[part.pixel_nucleus[free]]
 
-    def flush(self, nuclei: Any, types: Any, height: int) -> None:
-        """Write the first ``chunk`` rows (now final) and roll the buffer by ``chunk`` rows."""
+    def flush(self, nuclei: Any, types: Any, height: int, on_rows: OnRows | None) -> None:
+        """Write the first ``chunk`` rows (now final), hand them to ``on_rows``, and roll
+        the buffer by ``chunk`` rows."""
         c = self.chunk
         y0, y1 = max(self.base, 0), min(self.base + c, height)
         if y1 > y0:
-            nuclei[y0:y1] = self.labels[y0 - self.base : y1 - self.base]
-            types[y0:y1] = self.types[y0 - self.base : y1 - self.base]
+            labels = self.labels[y0 - self.base : y1 - self.base]
+            types_ = self.types[y0 - self.base : y1 - self.base]
+            nuclei[y0:y1] = labels
+            types[y0:y1] = types_
+            if on_rows is not None:
+                on_rows(y0, labels, types_)
         self.labels[:-c] = self.labels[c:]
         self.labels[-c:] = 0
         self.types[:-c] = self.types[c:]
@@ -174,6 +182,7 @@ def stitch(
     on_band: Callable[[dict[str, NDArray[Any]]], None] | None = None,
     before_band: Callable[[int], None] | None = None,
     busy: dict[str, float] | None = None,
+    on_rows: OnRows | None = None,
 ) -> int:
     """Segment seamless ``maps`` window by window into ``nuclei_out``/``types_out``.
 
@@ -183,7 +192,9 @@ def stitch(
     may block until the maps' rows above ``y`` are final.  ``busy`` receives
     the windows' summed wall and thread-CPU seconds (``segment_busy_s``,
     ``segment_cpu_s``, measured in the threads that segment them) and the
-    painting's (``stitch_paint_s``).  Returns the number of nuclei.
+    painting's (``stitch_paint_s``).  ``on_rows(y0, labels, types)`` receives the
+    final rows as they are written, top to bottom (for the pyramids' coarser levels;
+    the arrays are reused after the call).  Returns the number of nuclei.
     """
     height, width = maps.shape[:2]
     chunk = params.label_chunk
@@ -208,8 +219,8 @@ def stitch(
             if on_band is not None:
                 on_band(rows)
             next_id += len(rows["id"])
-            canvas.flush(nuclei_out, types_out, height)
-    canvas.flush(nuclei_out, types_out, height)  # the last band's rows
+            canvas.flush(nuclei_out, types_out, height, on_rows)
+    canvas.flush(nuclei_out, types_out, height, on_rows)  # the last band's rows
     return next_id - 1
 
 

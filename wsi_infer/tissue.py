@@ -11,6 +11,7 @@ never loaded whole.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,17 +42,19 @@ class TissueParams:
 
 
 def read_thumbnail(
-    slide: Slide, slide_mpp: float, mpp: float, max_block: int = 4096
+    slide: Slide, slide_mpp: float, mpp: float, max_block: int = 4096, threads: int = 2
 ) -> NDArray[np.uint8]:
-    """The slide resampled to ``mpp`` (never finer than level 0), read in blocks."""
+    """The slide resampled to ``mpp`` (never finer than level 0), read in blocks; a
+    slide without a coarse enough level is decoded on ``threads`` threads."""
     scale = max(mpp / slide_mpp, 1.0)
     grid = GridReader(slide, scale)
     step = max(1, int(max_block / max(grid.factor, 1.0)))
     out = np.empty((grid.height, grid.width, 3), dtype=np.uint8)
-    for y in range(0, grid.height, step):
-        for x in range(0, grid.width, step):
-            h, w = min(step, grid.height - y), min(step, grid.width - x)
-            out[y : y + h, x : x + w] = grid.read(x, y, w, h)
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="wsi-infer-thumbnail") as pool:
+        for y in range(0, grid.height, step):
+            for x in range(0, grid.width, step):
+                h, w = min(step, grid.height - y), min(step, grid.width - x)
+                out[y : y + h, x : x + w] = grid.read(x, y, w, h, pool if threads > 1 else None)
     return out
 
 
