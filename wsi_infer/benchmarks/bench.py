@@ -148,6 +148,9 @@ class RunConfig:
     #: >0: the run on a local dask cluster of this many processes (``workers`` threads
     #: each, every one with its own model), as ``wsi-infer --processes``; 0: threads here
     processes: int = 0
+    #: runs of the slide, each between two model-only measurements; the figures are
+    #: those of the run of median efficiency
+    repeats: int = 1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -462,37 +465,61 @@ def _run_child(cfg: RunConfig, slide: Any) -> dict[str, Any]:
         n, sec = _time_concurrent(lambda k: backend(batches[k % len(batches)]), budget, 3, slots)
         return n, sec, time.process_time() - c
 
-    # The model alone is measured just before the run and just after it, and the two are
+    # The model alone is measured just before each run and just after it, and the two are
     # pooled: a machine whose speed drifts (a shared VM does, by 10 % within minutes) then
-    # moves both sides of the efficiency alike.
+    # moves both sides of the efficiency alike.  With repeats, runs and model-only
+    # measurements alternate (the one after a run is the one before the next), and the
+    # figures below are those of the run of median efficiency.
     before = model_only()
-
-    # ---- the run, exactly as the CLI makes it (a cluster is started before the clock and
-    # its worker processes' CPU and memory counted once they have ended)
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    gpu = cfg.device.startswith("cuda")
-    with (
-        dask_client(workers=cfg.processes or None, threads=cfg.workers, gpu=gpu) as client,
-        _CpuSampler() as sampler,
-    ):
-        t0 = time.perf_counter()
-        summary = run_slide(cfg.slide, cfg.store, backend, params, overwrite=True, client=client)
-        t1 = time.perf_counter()
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    rc1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak_rss = max(ru1.ru_maxrss, rc1.ru_maxrss if cfg.processes else 0)
+    repeats: list[dict[str, Any]] = []
+    for _ in range(cfg.repeats):
+        # ---- the run, exactly as the CLI makes it (a cluster is started before the clock
+        # and its worker processes' CPU and memory counted once they have ended)
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        gpu = cfg.device.startswith("cuda")
+        with (
+            dask_client(workers=cfg.processes or None, threads=cfg.workers, gpu=gpu) as client,
+            _CpuSampler() as sampler,
+        ):
+            t0 = time.perf_counter()
+            summary = run_slide(
+                cfg.slide, cfg.store, backend, params, overwrite=True, client=client
+            )
+            t1 = time.perf_counter()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        rc1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        if cfg.processes:  # the workers' whole life, their start and model load included
+            cpu += (rc1.ru_utime - rc0.ru_utime) + (rc1.ru_stime - rc0.ru_stime)
+        after = model_only()
+        pooled = tuple(a + b for a, b in zip(before, after, strict=True))
+        repeats.append(
+            {
+                "summary": summary,
+                "wall": t1 - t0,
+                "cpu": cpu,
+                "utilisation": sampler.utilisation(t0, t1),
+                "before": before,
+                "after": after,
+                "model": pooled,
+                "efficiency": _rate(summary.tiles, summary.seconds)
+                / _rate(pooled[0] * bs, pooled[1]),
+            }
+        )
+        before = after
+    ru_end = resource.getrusage(resource.RUSAGE_SELF)
+    rc_end = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_rss = max(ru_end.ru_maxrss, rc_end.ru_maxrss if cfg.processes else 0)
     peak_rss = peak_rss * 1024 if sys.platform != "darwin" else peak_rss
-    wall = t1 - t0
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    if cfg.processes:  # the workers' whole life, their start and model load included
-        cpu += (rc1.ru_utime - rc0.ru_utime) + (rc1.ru_stime - rc0.ru_stime)
+    ranked = sorted(repeats, key=lambda r: float(r["efficiency"]))
+    chosen = ranked[(len(ranked) - 1) // 2]  # the median (the lower one of an even count)
+    summary, wall, cpu = chosen["summary"], chosen["wall"], chosen["cpu"]
+    before, after = chosen["before"], chosen["after"]
+    n_model, model_s, model_cpu = chosen["model"]
     cores = os.cpu_count() or 1
     timings = dict(summary.timings)
     accounting = stage_accounting(timings, summary.seconds, cfg.workers, cfg.processes)
-
-    after = model_only()
-    n_model, model_s, model_cpu = (a + b for a, b in zip(before, after, strict=True))
 
     # ---- the run's store: its tissue area, and the proof it predicted the planned tiles
     root = zarr.open_group(cfg.store, mode="r")
@@ -598,8 +625,19 @@ def _run_child(cfg: RunConfig, slide: Any) -> dict[str, Any]:
             "cpu_seconds": cpu,
             "cpu_cores_busy": cpu / wall if wall > 0 else math.nan,
             "cpu_util": cpu / wall / cores if wall > 0 else math.nan,
-            "cpu_util_sampled": sampler.utilisation(t0, t1) / cores,
+            "cpu_util_sampled": chosen["utilisation"] / cores,
         },
+        # every run: its seconds and efficiency against the model alone around it
+        "repeats": [
+            {
+                "seconds": r["summary"].seconds,
+                "tiles_per_s": _rate(tiles_n, r["summary"].seconds),
+                "model_tiles_per_s": _rate(r["model"][0] * bs, r["model"][1]),
+                "efficiency": r["efficiency"],
+                "cpu_seconds": r["cpu"],
+            }
+            for r in repeats
+        ],
         "efficiency": e2e_tps / model_tps,
         # the same for a run on a cold backend (a single slide): the warm-up's cost beyond
         # one round of steady calls added to the run
@@ -724,6 +762,7 @@ def run_benchmark(
     tissue_fraction: float = 0.4,
     seed: int = 0,
     stage_seconds: float = 8.0,
+    repeats: int = 1,
     slides_dir: Path = DEFAULT_SLIDES_DIR,
     nuclei_dir: Path = DEFAULT_NUCLEI_DIR,
     max_groups: int | None = None,
@@ -787,6 +826,7 @@ def run_benchmark(
                     batch_size=batch_size,
                     stage_seconds=stage_seconds,
                     store=str(store.resolve()),
+                    repeats=repeats,
                 )
                 logger.info("run: %d px, %d worker(s)", size, w)
                 result = _run_subprocess(cfg, work, timeout)
@@ -831,6 +871,7 @@ def run_benchmark(
             "tissue_fraction": tissue_fraction,
             "seed": seed,
             "stage_seconds": stage_seconds,
+            "repeats": repeats,
             "quick": quick,
         },
         "runs": runs,
@@ -882,6 +923,12 @@ def format_table(result: dict[str, Any]) -> str:
     head = "  ".join(name.rjust(w) for (name, _, _), w in zip(cols, widths, strict=True))
     lines = [head, "-" * len(head)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    for r in result["runs"]:
+        if len(r.get("repeats", ())) > 1:
+            each = ", ".join(f"{x['seconds']:.1f} s / {x['efficiency']:.2f}" for x in r["repeats"])
+            lines.append(
+                f"  {r['size']} px, {r['workers']} workers, each run (seconds / eff): {each}"
+            )
     lines.append("")
     lines.append("end-to-end seconds vs tissue area (linear fit):")
     for key, fit in result["scaling"].items():
@@ -902,7 +949,8 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines.append(
         "t/s: tiles per second; eff: end-to-end tiles/s over model-only tiles/s (both on a "
-        "warm backend, the model alone measured before and after the run); cold: the same "
+        "warm backend, the model alone measured before and after the run; with --repeats, the "
+        "run of median efficiency); cold: the same "
         "with the backend's slower first calls added to the run; busy: share "
         "of the run the model was computing; bound: the model when busy >= 0.9, else the stage "
         "whose threads were busiest (busy time measured by the threads themselves)"
@@ -1070,6 +1118,13 @@ def save(
 @click.option("--tissue-fraction", type=float, default=0.4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stage-seconds", type=float, help="time per stage measurement (8; quick: 1)")
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="runs per slide, alternating with model-only measurements (figures: the median run)",
+)
 @path_option("--out-dir", default=DEFAULT_OUT_DIR, show_default=True)
 @click.option("--name", help="results file stem (default bench-<UTC time>)")
 @path_option("--slides-dir", default=DEFAULT_SLIDES_DIR, help="slide cache")
@@ -1109,6 +1164,7 @@ def bench_command(**options: Any) -> int:
             tissue_fraction=args.tissue_fraction,
             seed=args.seed,
             stage_seconds=stage_seconds,
+            repeats=args.repeats,
             slides_dir=args.slides_dir,
             nuclei_dir=args.nuclei_dir,
             max_groups=4 if args.quick else None,
