@@ -458,33 +458,30 @@ class _StreamLevel:
         self.array = array
         self.chunk = int(array.chunks[0])
         self.start = 0  # the first row held
-        self.held: list[NDArray[Any]] = []
+        self.held: NDArray[Any] = np.zeros((0, array.shape[1]), array.dtype)
 
     def take(self, y0: int, rows: NDArray[Any]) -> list[tuple[int, NDArray[Any]]]:
         """Keep the even rows and columns of the finer level's ``rows`` (from its row
         ``y0``); write and return every whole row of chunks now held."""
         odd = y0 % 2
         first = (y0 + odd) // 2
-        held = sum(len(r) for r in self.held)
-        if first != self.start + held:
+        if first != self.start + len(self.held):
             raise ValueError(
-                f"pyramid rows out of order: row {first}, expected {self.start + held}"
+                f"pyramid rows out of order: row {first}, expected {self.start + len(self.held)}"
             )
-        self.held.append(rows[odd::2, ::2].copy())  # the caller may reuse ``rows``
+        # concatenated, so a copy: the caller may reuse ``rows``
+        self.held = np.concatenate([self.held, rows[odd::2, ::2]])
         out = []
-        while sum(len(r) for r in self.held) >= self.chunk:
-            block = np.concatenate(self.held)
-            out.append(self._write(block[: self.chunk]))
-            self.held = [block[self.chunk :]]
+        while len(self.held) >= self.chunk:
+            out.append(self._write(self.held[: self.chunk]))
+            self.held = self.held[self.chunk :]
         return out
 
     def drain(self) -> list[tuple[int, NDArray[Any]]]:
         """Write and return what is held (the level's last rows)."""
-        block = np.concatenate(self.held) if self.held else None
-        self.held = []
-        if block is None or len(block) == 0:
-            return []
-        return [self._write(block)]
+        out = [self._write(self.held)] if len(self.held) else []
+        self.held = self.held[:0]
+        return out
 
     def _write(self, block: NDArray[Any]) -> tuple[int, NDArray[Any]]:
         y0 = self.start
