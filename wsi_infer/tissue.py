@@ -54,7 +54,7 @@ def read_thumbnail(
         for y in range(0, grid.height, step):
             for x in range(0, grid.width, step):
                 h, w = min(step, grid.height - y), min(step, grid.width - x)
-                out[y : y + h, x : x + w] = grid.read(x, y, w, h, pool if threads > 1 else None)
+                out[y : y + h, x : x + w] = grid.read(x, y, w, h, pool)
     return out
 
 

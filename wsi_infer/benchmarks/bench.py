@@ -472,12 +472,12 @@ def _run_child(cfg: RunConfig, slide: Any) -> dict[str, Any]:
     # figures below are those of the run of median efficiency.
     before = model_only()
     repeats: list[dict[str, Any]] = []
+    gpu = cfg.device.startswith("cuda")
     for _ in range(cfg.repeats):
         # ---- the run, exactly as the CLI makes it (a cluster is started before the clock
         # and its worker processes' CPU and memory counted once they have ended)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        gpu = cfg.device.startswith("cuda")
         with (
             dask_client(workers=cfg.processes or None, threads=cfg.workers, gpu=gpu) as client,
             _CpuSampler() as sampler,
